@@ -54,7 +54,9 @@ def head_scores_reference(
     pooling: Pooling,
     activation: Activation,
 ) -> torch.Tensor:  # (B, C) fp32 scores in [0, 1]
-    return activate(head_logits_reference(hidden, attention_mask, weight, bias, pooling), activation)
+    return activate(
+        head_logits_reference(hidden, attention_mask, weight, bias, pooling), activation
+    )
 
 
 def head_scores(

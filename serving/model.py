@@ -9,11 +9,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from kernels.classification_head import head_logits_reference, head_scores
 from serving.model_config import ModelConfig, load_model_config
@@ -28,7 +35,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class ModerationModel(nn.Module):
     """Transformer encoder + linear multi-label head over ``cfg.labels``."""
 
-    def __init__(self, encoder: nn.Module, num_labels: int, cfg: ModelConfig) -> None:
+    def __init__(self, encoder: PreTrainedModel, num_labels: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.encoder = encoder
         hidden = int(encoder.config.hidden_size)
@@ -75,10 +82,13 @@ def resolve_dtype(requested: str, device: torch.device, cfg: ModelConfig) -> str
         raise ValueError("int8 on CUDA arrives with the fast-path kernels; use float16 or bfloat16")
     if requested == "int8" and not cfg.int8_ok:
         raise ValueError(
-            f"model {cfg.name!r} did not pass the int8 accuracy gate (int8_ok: false in config.yaml)"
+            f"model {cfg.name!r} did not pass the int8 accuracy gate "
+            "(int8_ok: false in config.yaml)"
         )
     if requested not in (*DTYPES, "int8"):
-        raise ValueError(f"unknown dtype {requested!r}; choose auto, float32, float16, bfloat16, int8")
+        raise ValueError(
+            f"unknown dtype {requested!r}; choose auto, float32, float16, bfloat16, int8"
+        )
     return requested
 
 
@@ -119,18 +129,26 @@ def load_model(model_dir: Path, device: str = "cpu", dtype: str = "auto") -> Loa
     missing, unexpected = encoder.load_state_dict(enc, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(f"{weights}: weights do not match config.json: "
-                         f"missing={missing[:5]} unexpected={unexpected[:5]}")
-    if head.get("weight") is None or tuple(head["weight"].shape) != (len(cfg.labels), hf_cfg.hidden_size):
-        raise ValueError(f"{weights}: classifier.weight must be ({len(cfg.labels)}, {hf_cfg.hidden_size})")
+        raise ValueError(
+            f"{weights}: weights do not match config.json: "
+            f"missing={missing[:5]} unexpected={unexpected[:5]}"
+        )
+    if head.get("weight") is None or tuple(head["weight"].shape) != (
+        len(cfg.labels),
+        hf_cfg.hidden_size,
+    ):
+        raise ValueError(
+            f"{weights}: classifier.weight must be ({len(cfg.labels)}, {hf_cfg.hidden_size})"
+        )
     model.classifier.load_state_dict(head)
     model.float().eval()
     if chosen == "int8":
-        model.encoder = torch.ao.quantization.quantize_dynamic(
-            model.encoder, {nn.Linear}, dtype=torch.qint8
+        model.encoder = cast(
+            PreTrainedModel,
+            torch.ao.quantization.quantize_dynamic(model.encoder, {nn.Linear}, dtype=torch.qint8),
         )
     elif chosen != "float32":
-        model.encoder.to(DTYPES[chosen])
+        model.encoder.to(dtype=DTYPES[chosen])
     model.to(dev)
     tokenizer = AutoTokenizer.from_pretrained(str(vdir), local_files_only=True, use_fast=True)
     if getattr(tokenizer, "backend_tokenizer", None) is None:

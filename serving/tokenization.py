@@ -31,7 +31,9 @@ class TextTooLongError(ValueError):
 class ChunkingTokenizer:
     """Turns texts into model-window chunks with the model's fast (Rust) tokenizer."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length_tokens: int, stride_tokens: int):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_length_tokens: int, stride_tokens: int
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length_tokens
         # Own copy of the Rust tokenizer with the file's truncation/padding switched off:

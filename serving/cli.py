@@ -1,0 +1,131 @@
+"""``modserve serve | classify | train | eval | calibrate``.
+
+Every ``serve`` flag is also a ``MODSERVE_<FLAG>`` environment variable
+(flags win). Run ``modserve serve --help`` for the full list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local directories only
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+# (flag, Settings field, type, help) for the options shared by serve and classify.
+_MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--model-repo", "model_repo", Path, "directory of model folders [MODSERVE_MODEL_REPO]"),
+    ("--model", "model", str, "default model folder name [MODSERVE_MODEL]"),
+    ("--device", "device", str, "auto | cpu | cuda | cuda:N [MODSERVE_DEVICE]"),
+    ("--dtype", "dtype", str, "auto | float32 | float16 | bfloat16 | int8 [MODSERVE_DTYPE]"),
+]
+_SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--host", "host", str, "interface to bind [MODSERVE_HOST]"),
+    ("--port", "port", int, "HTTP port, default 8000 [MODSERVE_PORT]"),
+    ("--grpc-port", "grpc_port", int, "gRPC port, default 8001 [MODSERVE_GRPC_PORT]"),
+    ("--max-batch-tokens", "max_batch_tokens", int, "padded tokens per batch"),
+    ("--max-batch-wait-ms", "max_batch_wait_ms", float, "max wait to fill a batch"),
+    ("--api-keys", "api_keys", str, "comma-separated bearer keys [MODSERVE_API_KEYS]"),
+    ("--log-level", "log_level", str, "debug | info | warning | error"),
+]
+
+
+def _add(p: argparse.ArgumentParser, flags: list[tuple[str, str, Any, str]]) -> None:
+    for flag, dest, typ, help_ in flags:
+        p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    from serving.config import Settings
+
+    names = [d for _, d, _, _ in _MODEL_FLAGS + _SERVE_FLAGS]
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if isinstance(overrides.get("api_keys"), str):
+        overrides["api_keys"] = [k for k in overrides["api_keys"].split(",") if k]
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from serving.http_server import create_app
+
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
+    )
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from serving.metrics import Metrics
+    from serving.protocol import build_response
+    from serving.registry import ModelRegistry
+
+    settings = settings_from_args(args)
+
+    async def run() -> dict[str, Any]:
+        reg = ModelRegistry(settings, Metrics())
+        await reg.start()
+        try:
+            engine = reg.resolve(None)
+            r = await engine.classify(list(args.text))
+            return build_response(engine.name, r.categories, r.scores, r.flags)
+        finally:
+            await reg.stop()
+
+    print(json.dumps(asyncio.run(run()), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server (single process, embedded model)")
+    _add(serve, _MODEL_FLAGS + _SERVE_FLAGS)
+    serve.set_defaults(func=cmd_serve)
+    classify = sub.add_parser("classify", help="classify text and print the moderation JSON")
+    classify.add_argument("text", nargs="+", help="one or more texts")
+    _add(classify, _MODEL_FLAGS)
+    classify.set_defaults(func=cmd_classify)
+    for name, help_ in (
+        ("train", "train a moderation model"),
+        ("eval", "evaluate a model directory on labelled JSONL"),
+        ("calibrate", "choose per-category thresholds on validation data"),
+    ):
+        p = sub.add_parser(name, help=help_, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_training_command(name))
+    return parser
+
+
+def _training_command(name: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from training import cli as training_cli
+
+        fn = getattr(training_cli, f"{name}_main")
+        return int(fn(args.rest) or 0)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

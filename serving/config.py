@@ -1,0 +1,106 @@
+"""Typed, validated settings: one object, read from CLI flags and ``MODSERVE_*`` env variables.
+
+Every limit carries its unit in its name. The docstring of each field says what
+it trades off, so it can be tuned without reading the code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "modserve-moderation-minilm"
+
+# OpenAI model names that clients send out of habit; they all mean "the default model".
+OPENAI_MODEL_ALIASES = (
+    "omni-moderation-latest",
+    "omni-moderation-2024-09-26",
+    "text-moderation-latest",
+    "text-moderation-stable",
+)
+
+
+def _split_csv(v: object) -> object:
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODSERVE_", extra="ignore")
+
+    # --- where and what to serve -------------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Interface to bind; 127.0.0.1 keeps it local.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (OpenAI + KServe v2 routes).")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port (used once gRPC lands).")
+    model_repo: Path = Field(Path("model_repo"), description="Directory of model folders.")
+    model: str = Field(DEFAULT_MODEL_NAME, description="Default model: a folder of model_repo.")
+    extra_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="More model_repo folders to load (comma separated)."
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N. auto picks CUDA if any.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = Field(
+        "auto",
+        description="auto = float16 on CUDA, float32 on CPU. int8 only if the model passed "
+        "its accuracy gate.",
+    )
+    cpu_threads: int = Field(
+        0, ge=0, description="torch intra-op threads for the model on CPU; 0 = torch default."
+    )
+
+    # --- batching ------------------------------------------------------------------------------
+    max_batch_tokens: int = Field(
+        16384,
+        ge=1,
+        description="Padded tokens per forward pass (bucket_len x batch). Higher = "
+        "more throughput and more latency per batch; bound by device memory.",
+    )
+    max_batch_size: int = Field(
+        256, ge=1, description="Sequences per forward pass, whatever their length."
+    )
+    max_batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="How long a partly filled batch waits for company. Raise for "
+        "throughput under light load, lower for latency; 0 = never wait.",
+    )
+    max_queue_tokens: int = Field(
+        262144, ge=1, description="Padded tokens allowed to wait; beyond it requests get 429."
+    )
+
+    # --- request limits ------------------------------------------------------------------------
+    max_inputs_per_request: int = Field(256, ge=1, description="Items in one `input` array.")
+    max_input_chars: int = Field(
+        100_000, ge=1, description="Characters per input text, checked before tokenizing."
+    )
+    max_input_tokens: int = Field(
+        8192, ge=1, description="Tokens per input text; longer texts are chunked up to this cap."
+    )
+    max_request_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, description="Largest HTTP body accepted; beyond it 413."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline per request; expired requests never reach the model."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 429 and 503.")
+
+    # --- security & ops ------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Static bearer keys (comma separated); empty = no auth."
+    )
+    log_level: str = Field("info", description="debug | info | warning | error")
+
+    _split = field_validator("extra_models", "api_keys", mode="before")(_split_csv)
+
+    def model_names(self) -> list[str]:
+        return [self.model, *[m for m in self.extra_models if m != self.model]]
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,144 @@
+"""OpenAI moderation request/response, in exact wire form.
+
+``parse_request`` turns a decoded JSON body into (texts, model) or raises
+``InvalidRequest`` naming the offending ``param``. ``build_response`` writes
+the OpenAI ``ModerationCreateResponse`` shape. The pydantic models below
+document the schema in OpenAPI; responses are built as plain dicts for speed
+and keep the categories in canonical order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.categories import BY_WIRE
+from serving.errors import InvalidRequest
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ModerationRequest(BaseModel):
+    """Body of ``POST /v1/moderations``."""
+
+    input: str | list[str] | list[TextPart] = Field(
+        description="A string, an array of strings, or an array of {type: text} content parts."
+    )
+    model: str | None = Field(None, description="A model_repo name or an OpenAI model name.")
+
+
+class ModerationResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    category_applied_input_types: dict[str, list[str]]
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]
+
+
+def parse_request(body: Any, max_inputs: int, max_chars: int) -> tuple[list[str], str | None]:
+    """Validate a decoded JSON body; return (texts, requested model or None)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object.", param=None)
+    unknown = sorted(set(body) - {"input", "model"})
+    if unknown:
+        raise InvalidRequest(
+            f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0]
+        )
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string.", param="model")
+    if "input" not in body:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    raw = body["input"]
+    texts: list[str]
+    if isinstance(raw, str):
+        texts = [raw]
+    elif isinstance(raw, list):
+        if not raw:
+            raise InvalidRequest("'input' must not be an empty array.", param="input")
+        texts = [_item_text(item, i) for i, item in enumerate(raw)]
+    else:
+        raise InvalidRequest(
+            "'input' must be a string, an array of strings, or an array of content parts.",
+            param="input",
+        )
+    if len(texts) > max_inputs:
+        raise InvalidRequest(
+            f"'input' has {len(texts)} items; at most {max_inputs} are allowed per request "
+            "(MODSERVE_MAX_INPUTS_PER_REQUEST).",
+            param="input",
+        )
+    for i, t in enumerate(texts):
+        if len(t) > max_chars:
+            raise InvalidRequest(
+                f"input[{i}] is {len(t)} characters; the limit is {max_chars} "
+                "(MODSERVE_MAX_INPUT_CHARS).",
+                param=f"input[{i}]",
+                code="string_above_max_length",
+            )
+    return texts, model
+
+
+def _item_text(item: Any, i: int) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict):
+        kind = item.get("type")
+        if kind == "text":
+            text = item.get("text")
+            if not isinstance(text, str):
+                raise InvalidRequest(f"input[{i}].text must be a string.", param=f"input[{i}].text")
+            return text
+        if kind == "image_url":
+            raise InvalidRequest(
+                "Image inputs are not supported by the served model; send text parts only.",
+                param=f"input[{i}]",
+                code="image_input_not_supported",
+            )
+        raise InvalidRequest(
+            f"input[{i}].type must be 'text' (got {kind!r}).", param=f"input[{i}].type"
+        )
+    raise InvalidRequest(
+        f"input[{i}] must be a string or a content part object, not {type(item).__name__}.",
+        param=f"input[{i}]",
+    )
+
+
+def new_id() -> str:
+    return "modr-" + uuid.uuid4().hex
+
+
+def build_results(
+    categories: list[str], scores: np.ndarray, flags: np.ndarray
+) -> list[dict[str, Any]]:
+    """(N, C) scores/flags in ``categories`` order -> OpenAI ``results`` list."""
+    applied = {w: list(BY_WIRE[w].input_types) for w in categories}
+    out = []
+    for row_s, row_f in zip(scores.tolist(), flags.tolist(), strict=True):
+        out.append(
+            {
+                "flagged": bool(any(row_f)),
+                "categories": dict(zip(categories, (bool(f) for f in row_f), strict=True)),
+                "category_scores": dict(zip(categories, row_s, strict=True)),
+                "category_applied_input_types": applied,
+            }
+        )
+    return out
+
+
+def build_response(
+    model: str, categories: list[str], scores: np.ndarray, flags: np.ndarray
+) -> dict[str, Any]:
+    return {"id": new_id(), "model": model, "results": build_results(categories, scores, flags)}

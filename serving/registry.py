@@ -1,0 +1,70 @@
+"""The served models: one Engine per model folder, and model-name resolution for requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from serving.config import OPENAI_MODEL_ALIASES, Settings
+from serving.engine import Engine
+from serving.errors import ModelNotFound, NotReady
+from serving.metrics import Metrics
+from serving.model import load_model
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engines: dict[str, Engine] = {}
+        self.created = int(time.time())
+        self.default = settings.model
+        self.load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.engines) and all(e.ready for e in self.engines.values())
+
+    async def start(self) -> None:
+        """Load and warm every configured model (in a thread: the event loop keeps answering)."""
+        device = self.settings.resolved_device()
+        if device == "cpu" and self.settings.cpu_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.cpu_threads)
+        for name in self.settings.model_names():
+            model_dir = self.settings.model_repo / name
+            if not model_dir.is_dir():
+                self.load_error = (
+                    f"model directory {model_dir} not found; set MODSERVE_MODEL "
+                    f"or MODSERVE_MODEL_REPO"
+                )
+                raise FileNotFoundError(self.load_error)
+            loaded = await asyncio.to_thread(load_model, model_dir, device, self.settings.dtype)
+            engine = Engine(loaded, self.settings, self.metrics)
+            await engine.start()
+            self.engines[name] = engine
+            log.info("model %s ready (%s, %s)", name, device, loaded.dtype)
+        self.metrics.ready.set(1)
+
+    async def stop(self) -> None:
+        self.metrics.ready.set(0)
+        for e in self.engines.values():
+            await e.stop()
+
+    def resolve(self, requested: str | None) -> Engine:
+        """Map a request's ``model`` (None, OpenAI alias, or folder name) to its engine."""
+        name = self.default if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
+        assert name is not None
+        engine = self.engines.get(name)
+        if engine is not None:
+            return engine
+        if not self.ready and name == self.default:
+            raise NotReady("The model is still loading; retry shortly.")
+        known = sorted([*self.engines, *OPENAI_MODEL_ALIASES])
+        raise ModelNotFound(
+            f"The model '{requested}' does not exist. Served models: {known}.", param="model"
+        )

