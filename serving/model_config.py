@@ -25,7 +25,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from serving.categories import BY_WIRE, ordered
+from serving.categories import BY_WIRE, CORE_WIRE_NAMES, ordered
 
 CONFIG_FILE = "config.yaml"
 
@@ -83,6 +83,12 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{child!r} is both a trained head and derived")
             if rule.parent not in self.labels:
                 raise ValueError(f"derived {child!r}: parent {rule.parent!r} has no head")
+        missing = [w for w in CORE_WIRE_NAMES if w not in self.labels and w not in self.derived]
+        if missing:
+            raise ValueError(
+                f"model {self.name!r} does not score {missing}: every OpenAI core category needs "
+                "a trained head (labels) or a derived rule (derived) so responses are complete"
+            )
         for w in self.thresholds:
             if w not in BY_WIRE:
                 raise ValueError(f"threshold for unknown category {w!r}")

@@ -51,8 +51,11 @@ def make_tiny_model_repo(repo: Path, name: str = "tiny", seed: int = 0,
         name=name, labels=TINY_LABELS, max_length_tokens=max_length_tokens,
         chunk_stride_tokens=8, buckets_tokens=[16, 32, 64],
         thresholds={"hate": 0.5, "violence": 0.3},
-        derived={"violence/graphic": DerivedRule(parent="violence", gate_regex=r"\bblood\b",
-                                                 ungated_factor=0.0)},
+        derived={
+            "violence/graphic": DerivedRule(parent="violence", gate_regex=r"\bblood\b"),
+            "sexual/minors": DerivedRule(parent="sexual", gate_regex=r"\bchild\b"),
+            "self-harm/instructions": DerivedRule(parent="self-harm", gate_regex=r"\bhow to\b"),
+        },
     )
     model = ModerationModel(BertModel(bert_cfg, add_pooling_layer=False), len(TINY_LABELS), cfg)
     with torch.no_grad():
