@@ -104,3 +104,35 @@ class Settings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class RayServeSettings(BaseSettings):
+    """Scaling knobs for ``modserve serve --ray`` (env ``MODSERVE_RAY_*``).
+
+    One classifier replica = one engine = one batcher; the replica count times
+    ``max_batch_tokens`` is the fleet's batch capacity.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MODSERVE_RAY_", extra="ignore")
+
+    address: str = Field("", description="Ray cluster address; empty starts a local Ray.")
+    num_gpus_per_replica: float = Field(
+        0.0, ge=0, description="GPUs per classifier replica; fractions let small models share."
+    )
+    num_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs per classifier replica.")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling floor (0 = scale to zero).")
+    max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling per model.")
+    target_ongoing_requests: float = Field(
+        32.0, gt=0, description="Requests in flight per replica the autoscaler aims for. Lower "
+        "scales out sooner (latency), higher packs bigger batches (throughput)."
+    )
+    max_ongoing_requests: int = Field(
+        512, ge=1, description="Requests one replica accepts at once. Keep it above "
+        "max_batch_size so Ray never caps the batcher's batch size."
+    )
+    max_queued_requests: int = Field(
+        2048, ge=-1, description="Requests waiting at the router; beyond it 429 (-1 = no cap)."
+    )
+    upscale_delay_s: float = Field(10.0, ge=0, description="Sustained load before scaling out.")
+    downscale_delay_s: float = Field(300.0, ge=0, description="Idle time before scaling in.")
+    ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas.")

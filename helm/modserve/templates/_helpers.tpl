@@ -1,0 +1,99 @@
+{{- define "modserve.fullname" -}}
+{{- printf "%s" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "modserve.labels" -}}
+app.kubernetes.io/name: modserve
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "modserve.selector" -}}
+app.kubernetes.io/name: modserve
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "modserve.modelRepo" -}}
+{{- if .Values.model.volume.enabled -}}{{ .Values.model.volume.mountPath }}{{- else -}}{{ .Values.model.repoPath }}{{- end -}}
+{{- end -}}
+
+{{/* The Serve config, identical in shape to deploy/serve_config.yaml. */}}
+{{- define "modserve.serveConfig" -}}
+proxy_location: EveryNode
+http_options:
+  host: 0.0.0.0
+  port: {{ .Values.serve.httpPort }}
+applications:
+  - name: modserve
+    route_prefix: /
+    import_path: serving.deployments:build_app
+    args:
+      model_repo: {{ include "modserve.modelRepo" . | quote }}
+      model: {{ .Values.model.name | quote }}
+      extra_models: {{ join "," .Values.model.extraModels | quote }}
+      max_batch_tokens: {{ .Values.serve.maxBatchTokens }}
+      max_batch_wait_ms: {{ .Values.serve.maxBatchWaitMs }}
+      max_queue_tokens: {{ .Values.serve.maxQueueTokens }}
+      request_timeout_s: {{ .Values.serve.requestTimeoutS }}
+      dtype: {{ .Values.serve.dtype | quote }}
+      grpc_port: {{ .Values.serve.grpcPort }}
+      ray:
+        num_gpus_per_replica: {{ .Values.scaling.numGpusPerReplica }}
+        num_cpus_per_replica: {{ .Values.scaling.numCpusPerReplica }}
+        min_replicas: {{ .Values.scaling.minReplicas }}
+        max_replicas: {{ .Values.scaling.maxReplicas }}
+        target_ongoing_requests: {{ .Values.scaling.targetOngoingRequests }}
+        max_ongoing_requests: {{ .Values.scaling.maxOngoingRequests }}
+        max_queued_requests: {{ .Values.scaling.maxQueuedRequests }}
+        upscale_delay_s: {{ .Values.scaling.upscaleDelayS }}
+        downscale_delay_s: {{ .Values.scaling.downscaleDelayS }}
+        ingress_replicas: {{ .Values.scaling.ingressReplicas }}
+{{- end -}}
+
+{{- define "modserve.env" -}}
+- name: HF_HUB_OFFLINE
+  value: "1"
+- name: MODSERVE_LOG_LEVEL
+  value: {{ .Values.serve.logLevel | quote }}
+{{- if .Values.serve.apiKeysSecret }}
+- name: MODSERVE_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.serve.apiKeysSecret }}
+      key: api-keys
+{{- end }}
+{{- end -}}
+
+{{- define "modserve.volumeMounts" -}}
+{{- if .Values.model.volume.enabled }}
+volumeMounts:
+  - name: models
+    mountPath: {{ .Values.model.volume.mountPath }}
+    readOnly: {{ .Values.model.volume.readOnly }}
+{{- end }}
+{{- end -}}
+
+{{- define "modserve.volumes" -}}
+{{- if .Values.model.volume.enabled }}
+volumes:
+  - name: models
+    persistentVolumeClaim:
+      claimName: {{ .Values.model.volume.claimName }}
+      readOnly: {{ .Values.model.volume.readOnly }}
+{{- end }}
+{{- end -}}
+
+{{- define "modserve.probes" -}}
+livenessProbe:
+  httpGet: {path: /health, port: {{ .Values.serve.httpPort }}}
+  initialDelaySeconds: {{ .Values.probes.initialDelaySeconds }}
+  periodSeconds: {{ .Values.probes.periodSeconds }}
+  failureThreshold: {{ .Values.probes.failureThreshold }}
+readinessProbe:
+  httpGet: {path: /ready, port: {{ .Values.serve.httpPort }}}
+  initialDelaySeconds: {{ .Values.probes.initialDelaySeconds }}
+  periodSeconds: {{ .Values.probes.periodSeconds }}
+  failureThreshold: {{ .Values.probes.failureThreshold }}
+{{- end -}}

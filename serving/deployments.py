@@ -1,0 +1,187 @@
+"""Ray Serve glue only: an HTTP ingress (the same FastAPI app) + one classifier deployment per
+model, each replica running the same ``Engine`` as the single-process server.
+
+Use it three ways:
+
+* ``modserve serve --ray`` (starts or joins Ray and runs the app),
+* ``serve run serving.deployments:build_app`` / ``serve deploy serve_config.yaml``,
+* KubeRay: the Helm chart embeds the same Serve config (``serveConfigV2``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from serving.config import OPENAI_MODEL_ALIASES, RayServeSettings, Settings
+from serving.engine import ClassifyResult, Engine
+from serving.errors import ModelNotFound, ModerationError, NotReady, Overloaded
+from serving.metrics import Metrics
+from serving.model import load_model
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierReplica:
+    """One model, one engine, one batcher. Many concurrent calls feed one batcher."""
+
+    def __init__(self, model_name: str, settings: dict[str, Any]) -> None:
+        self.settings = Settings(**settings)
+        self.model_name = model_name
+        loaded = load_model(self.settings.model_repo / model_name,
+                            self.settings.resolved_device(), self.settings.dtype)
+        self.engine = Engine(loaded, self.settings, Metrics())
+        self._started: asyncio.Task[None] | None = None
+
+    async def _ensure_started(self) -> None:
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self.engine.start())
+        await asyncio.shield(self._started)
+
+    async def ready(self) -> list[str]:
+        await self._ensure_started()
+        return self.engine.categories
+
+    async def classify(self, texts: list[str]) -> ClassifyResult:
+        await self._ensure_started()
+        return await self.engine.classify(texts)
+
+    async def check_health(self) -> None:
+        if self._started is not None and self._started.done() and self._started.exception():
+            raise RuntimeError("engine failed to start")
+
+
+class RemoteEngine:
+    """Quacks like ``Engine`` for the HTTP app; forwards to a classifier deployment."""
+
+    def __init__(self, name: str, handle: DeploymentHandle, categories: list[str]) -> None:
+        self.name = name
+        self.handle = handle
+        self.categories = categories
+        self.ready = True
+
+    async def classify(self, texts: list[str]) -> ClassifyResult:
+        try:
+            return await self.handle.classify.remote(texts)
+        except BackPressureError:
+            raise Overloaded("Every replica is busy and the router queue is full; retry after "
+                             "the Retry-After delay.") from None
+        except RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ModerationError):
+                raise cause from None
+            raise
+        except (RayActorError, ActorUnavailableError):
+            raise NotReady(f"The {self.name!r} replica is restarting; retry shortly.") from None
+
+
+class RemoteRegistry:
+    """Quacks like ``ModelRegistry``: model-name resolution over deployment handles."""
+
+    def __init__(self, settings: Settings, deployments: dict[str, str]) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.deployments = deployments  # model name -> classifier deployment name
+        self.engines: dict[str, RemoteEngine] = {}
+        self.default = settings.model
+        self.created = int(time.time())
+        self.load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.engines) and len(self.engines) == len(self.deployments)
+
+    async def start(self) -> None:
+        app_name = serve.get_replica_context().app_name
+        for name, deployment in self.deployments.items():
+            handle = serve.get_deployment_handle(deployment, app_name=app_name)
+            categories = await handle.ready.remote()
+            self.engines[name] = RemoteEngine(name, handle, categories)
+        self.metrics.ready.set(1)
+
+    async def stop(self) -> None:
+        self.metrics.ready.set(0)
+
+    def resolve(self, requested: str | None) -> RemoteEngine:
+        name = self.default if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
+        assert name is not None
+        if name in self.engines:
+            return self.engines[name]
+        if name in self.deployments:
+            raise NotReady(f"Model {name!r} is still starting; retry shortly.")
+        known = sorted([*self.deployments, *OPENAI_MODEL_ALIASES])
+        raise ModelNotFound(f"The model '{requested}' does not exist. Served models: {known}.",
+                            param="model")
+
+
+def deployment_name(model: str) -> str:
+    return f"classifier-{model}"
+
+
+class Ingress:
+    """The HTTP entry: ``serve.ingress`` wraps it with the FastAPI app built on the replica.
+
+    The bound classifier deployments arrive as constructor arguments so that they belong to
+    the same Serve application; the app reaches them by name through ``RemoteRegistry``.
+    """
+
+    def __init__(self, **classifiers: DeploymentHandle) -> None:
+        self.classifiers = classifiers
+
+
+def _ingress_builder(settings: dict[str, Any]) -> Any:
+    def build() -> Any:
+        from serving.http_server import create_app
+
+        s = Settings(**settings)
+        names = {m: deployment_name(m) for m in s.model_names()}
+        return create_app(s, registry=RemoteRegistry(s, names))  # type: ignore[arg-type]
+
+    return build
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """Serve application builder (``import_path: serving.deployments:build_app``).
+
+    ``args`` may hold any ``Settings`` field (e.g. ``model``, ``extra_models``,
+    ``max_batch_tokens``) and a ``ray`` dict of ``RayServeSettings`` fields; the
+    rest comes from ``MODSERVE_*`` / ``MODSERVE_RAY_*`` environment variables.
+    """
+    args = dict(args or {})
+    ray_cfg = RayServeSettings(**args.pop("ray", {}))
+    settings = Settings(**args)
+    plain = settings.model_dump(mode="json")
+    classifiers: dict[str, Any] = {}
+    for name in settings.model_names():
+        deployment = serve.deployment(
+            name=deployment_name(name),
+            ray_actor_options={"num_gpus": ray_cfg.num_gpus_per_replica,
+                               "num_cpus": ray_cfg.num_cpus_per_replica},
+            max_ongoing_requests=ray_cfg.max_ongoing_requests,
+            max_queued_requests=ray_cfg.max_queued_requests,
+            autoscaling_config={
+                "min_replicas": ray_cfg.min_replicas,
+                "initial_replicas": max(1, ray_cfg.min_replicas),
+                "max_replicas": ray_cfg.max_replicas,
+                "target_ongoing_requests": ray_cfg.target_ongoing_requests,
+                "upscale_delay_s": ray_cfg.upscale_delay_s,
+                "downscale_delay_s": ray_cfg.downscale_delay_s,
+            },
+            health_check_period_s=5,
+            health_check_timeout_s=30,
+        )(ClassifierReplica)
+        classifiers[name.replace("-", "_")] = deployment.bind(name, plain)
+    ingress = serve.deployment(
+        name="ingress",
+        num_replicas=ray_cfg.ingress_replicas,
+        max_ongoing_requests=ray_cfg.max_ongoing_requests * 4,
+        ray_actor_options={"num_cpus": 0.1},
+    )(serve.ingress(_ingress_builder(plain))(Ingress))
+    return ingress.bind(**classifiers)
