@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.config import OPENAI_MODEL_ALIASES, RayServeSettings, Settings
 from serving.engine import ClassifyResult, Engine
+from serving.ensemble import EnsembleConfig, EnsembleEngine, plan_models
 from serving.errors import ModelNotFound, ModerationError, NotReady, Overloaded
 from serving.metrics import Metrics
 from serving.model import load_model
@@ -49,9 +50,9 @@ class ClassifierReplica:
         await self._ensure_started()
         return self.engine.categories
 
-    async def classify(self, texts: list[str]) -> ClassifyResult:
+    async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
         await self._ensure_started()
-        return await self.engine.classify(texts)
+        return await self.engine.classify(texts, timeout_s)
 
     async def check_health(self) -> None:
         if self._started is not None and self._started.done() and self._started.exception():
@@ -67,9 +68,9 @@ class RemoteEngine:
         self.categories = categories
         self.ready = True
 
-    async def classify(self, texts: list[str]) -> ClassifyResult:
+    async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
         try:
-            return await self.handle.classify.remote(texts)
+            return await self.handle.classify.remote(texts, timeout_s)
         except BackPressureError:
             raise Overloaded("Every replica is busy and the router queue is full; retry after "
                              "the Retry-After delay.") from None
@@ -85,18 +86,21 @@ class RemoteEngine:
 class RemoteRegistry:
     """Quacks like ``ModelRegistry``: model-name resolution over deployment handles."""
 
-    def __init__(self, settings: Settings, deployments: dict[str, str]) -> None:
+    def __init__(self, settings: Settings, deployments: dict[str, str],
+                 ensembles: dict[str, EnsembleConfig] | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.deployments = deployments  # model name -> classifier deployment name
-        self.engines: dict[str, RemoteEngine] = {}
+        self.ensembles = ensembles or {}
+        self.engines: dict[str, RemoteEngine | EnsembleEngine] = {}
         self.default = settings.model
         self.created = int(time.time())
         self.load_error: str | None = None
 
     @property
     def ready(self) -> bool:
-        return bool(self.engines) and len(self.engines) == len(self.deployments)
+        return bool(self.engines) and len(self.engines) == len(self.deployments) + len(
+            self.ensembles)
 
     async def start(self) -> None:
         app_name = serve.get_replica_context().app_name
@@ -104,19 +108,21 @@ class RemoteRegistry:
             handle = serve.get_deployment_handle(deployment, app_name=app_name)
             categories = await handle.ready.remote()
             self.engines[name] = RemoteEngine(name, handle, categories)
+        for name, cfg in self.ensembles.items():
+            self.engines[name] = EnsembleEngine(cfg, {m: self.engines[m] for m in cfg.members})
         self.metrics.ready.set(1)
 
     async def stop(self) -> None:
         self.metrics.ready.set(0)
 
-    def resolve(self, requested: str | None) -> RemoteEngine:
+    def resolve(self, requested: str | None) -> RemoteEngine | EnsembleEngine:
         name = self.default if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
         assert name is not None
         if name in self.engines:
             return self.engines[name]
-        if name in self.deployments:
+        if name in self.deployments or name in self.ensembles:
             raise NotReady(f"Model {name!r} is still starting; retry shortly.")
-        known = sorted([*self.deployments, *OPENAI_MODEL_ALIASES])
+        known = sorted([*self.deployments, *self.ensembles, *OPENAI_MODEL_ALIASES])
         raise ModelNotFound(f"The model '{requested}' does not exist. Served models: {known}.",
                             param="model")
 
@@ -141,8 +147,9 @@ def _ingress_builder(settings: dict[str, Any]) -> Any:
         from serving.http_server import create_app
 
         s = Settings(**settings)
-        names = {m: deployment_name(m) for m in s.model_names()}
-        return create_app(s, registry=RemoteRegistry(s, names))  # type: ignore[arg-type]
+        plain, ensembles = plan_models(s.model_names(), s.model_repo)
+        names = {m: deployment_name(m) for m in plain}
+        return create_app(s, registry=RemoteRegistry(s, names, ensembles))  # type: ignore[arg-type]
 
     return build
 
@@ -159,7 +166,8 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     settings = Settings(**args)
     plain = settings.model_dump(mode="json")
     classifiers: dict[str, Any] = {}
-    for name in settings.model_names():
+    plain_models, _ = plan_models(settings.model_names(), settings.model_repo)
+    for name in plain_models:
         deployment = serve.deployment(
             name=deployment_name(name),
             ray_actor_options={"num_gpus": ray_cfg.num_gpus_per_replica,

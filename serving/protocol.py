@@ -121,9 +121,16 @@ def new_id() -> str:
 
 
 def build_results(
-    categories: list[str], scores: np.ndarray, flags: np.ndarray
+    categories: list[str],
+    scores: np.ndarray,
+    flags: np.ndarray,
+    extras: dict[str, list[Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """(N, C) scores/flags in ``categories`` order -> OpenAI ``results`` list."""
+    """(N, C) scores/flags in ``categories`` order -> OpenAI ``results`` list.
+
+    ``extras`` adds per-input fields after the OpenAI ones (e.g. an ensemble's
+    ``model_agreement``); clients that do not know them ignore them.
+    """
     applied = {w: list(BY_WIRE[w].input_types) for w in categories}
     out = []
     for row_s, row_f in zip(scores.tolist(), flags.tolist(), strict=True):
@@ -135,10 +142,18 @@ def build_results(
                 "category_applied_input_types": applied,
             }
         )
+    for key, values in (extras or {}).items():
+        for result, value in zip(out, values, strict=True):
+            result[key] = value
     return out
 
 
 def build_response(
-    model: str, categories: list[str], scores: np.ndarray, flags: np.ndarray
+    model: str,
+    categories: list[str],
+    scores: np.ndarray,
+    flags: np.ndarray,
+    extras: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
-    return {"id": new_id(), "model": model, "results": build_results(categories, scores, flags)}
+    results = build_results(categories, scores, flags, extras)
+    return {"id": new_id(), "model": model, "results": results}

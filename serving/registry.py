@@ -8,6 +8,7 @@ import time
 
 from serving.config import OPENAI_MODEL_ALIASES, Settings
 from serving.engine import Engine
+from serving.ensemble import EnsembleEngine, plan_models
 from serving.errors import ModelNotFound, NotReady
 from serving.metrics import Metrics
 from serving.model import load_model
@@ -19,7 +20,7 @@ class ModelRegistry:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.engines: dict[str, Engine] = {}
+        self.engines: dict[str, Engine | EnsembleEngine] = {}
         self.created = int(time.time())
         self.default = settings.model
         self.load_error: str | None = None
@@ -35,27 +36,33 @@ class ModelRegistry:
             import torch
 
             torch.set_num_threads(self.settings.cpu_threads)
+        repo = self.settings.model_repo
         for name in self.settings.model_names():
-            model_dir = self.settings.model_repo / name
-            if not model_dir.is_dir():
+            if not (repo / name).is_dir():
                 self.load_error = (
-                    f"model directory {model_dir} not found; set MODSERVE_MODEL "
+                    f"model directory {repo / name} not found; set MODSERVE_MODEL "
                     f"or MODSERVE_MODEL_REPO"
                 )
                 raise FileNotFoundError(self.load_error)
-            loaded = await asyncio.to_thread(load_model, model_dir, device, self.settings.dtype)
+        plain, ensembles = plan_models(self.settings.model_names(), repo)
+        for name in plain:
+            loaded = await asyncio.to_thread(load_model, repo / name, device, self.settings.dtype)
             engine = Engine(loaded, self.settings, self.metrics)
             await engine.start()
             self.engines[name] = engine
             log.info("model %s ready (%s, %s)", name, device, loaded.dtype)
+        for name, cfg in ensembles.items():
+            self.engines[name] = EnsembleEngine(cfg, {m: self.engines[m] for m in cfg.members})
+            log.info("ensemble %s ready (members %s)", name, list(cfg.members))
         self.metrics.ready.set(1)
 
     async def stop(self) -> None:
         self.metrics.ready.set(0)
         for e in self.engines.values():
-            await e.stop()
+            if isinstance(e, Engine):
+                await e.stop()
 
-    def resolve(self, requested: str | None) -> Engine:
+    def resolve(self, requested: str | None) -> Engine | EnsembleEngine:
         """Map a request's ``model`` (None, OpenAI alias, or folder name) to its engine."""
         name = self.default if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
         assert name is not None
