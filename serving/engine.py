@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ class ClassifyResult:
     scores: np.ndarray  # (N, C) fp32 in [0, 1], columns in ``categories`` order
     flags: np.ndarray  # (N, C) bool
     timings: Timings
+    extras: dict[str, list[Any]] = field(default_factory=dict)  # per-input extra result fields
 
 
 class Engine:

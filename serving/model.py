@@ -148,7 +148,7 @@ def load_model(model_dir: Path, device: str = "cpu", dtype: str = "auto") -> Loa
             torch.ao.quantization.quantize_dynamic(model.encoder, {nn.Linear}, dtype=torch.qint8),
         )
     elif chosen != "float32":
-        model.encoder.to(dtype=DTYPES[chosen])
+        nn.Module.to(model.encoder, DTYPES[chosen])
     model.to(dev)
     tokenizer = AutoTokenizer.from_pretrained(str(vdir), local_files_only=True, use_fast=True)
     if getattr(tokenizer, "backend_tokenizer", None) is None:
