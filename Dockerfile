@@ -18,7 +18,7 @@ COPY serving ./serving
 COPY kernels ./kernels
 COPY training ./training
 COPY proto ./proto
-RUN pip install '.[ray]' && (make -n proto >/dev/null 2>&1 && make proto PY=python || true)
+RUN pip install '.[ray]' && python -m serving.protogen
 COPY model_repo ./model_repo
 
 EXPOSE 8000 8001

@@ -7,12 +7,14 @@ PORT ?= 8000
 
 .PHONY: install serve test lint unit integration clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard proto/*/*/*.proto)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch pinned to the CPU build first, so nothing pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# gRPC code from proto/ into serving/_proto/ (gitignored, never committed).
+	$(PY) -m serving.protogen
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,4 +36,4 @@ integration: install
 	$(PY) -m pytest -q -m integration
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache serving/_proto

@@ -29,7 +29,7 @@ _MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
 _SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--host", "host", str, "interface to bind [MODSERVE_HOST]"),
     ("--port", "port", int, "HTTP port, default 8000 [MODSERVE_PORT]"),
-    ("--grpc-port", "grpc_port", int, "gRPC port, default 8001 [MODSERVE_GRPC_PORT]"),
+    ("--grpc-port", "grpc_port", int, "gRPC port, default 8001, 0 = off [MODSERVE_GRPC_PORT]"),
     ("--max-batch-tokens", "max_batch_tokens", int, "padded tokens per batch"),
     ("--max-batch-wait-ms", "max_batch_wait_ms", float, "max wait to fill a batch"),
     ("--api-keys", "api_keys", str, "comma-separated bearer keys [MODSERVE_API_KEYS]"),
@@ -81,7 +81,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         try:
             engine = reg.resolve(None)
             r = await engine.classify(list(args.text))
-            return build_response(engine.name, r.categories, r.scores, r.flags)
+            return build_response(engine.name, r.categories, r.scores, r.flags, r.extras)
         finally:
             await reg.stop()
 
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="modserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP server (single process, embedded model)")
+    serve = sub.add_parser("serve", help="run the HTTP + gRPC server (one process, embedded model)")
     _add(serve, _MODEL_FLAGS + _SERVE_FLAGS)
     serve.set_defaults(func=cmd_serve)
     classify = sub.add_parser("classify", help="classify text and print the moderation JSON")

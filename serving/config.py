@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # --- where and what to serve -------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Interface to bind; 127.0.0.1 keeps it local.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (OpenAI + KServe v2 routes).")
-    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port (used once gRPC lands).")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 = off.")
     model_repo: Path = Field(Path("model_repo"), description="Directory of model folders.")
     model: str = Field(DEFAULT_MODEL_NAME, description="Default model: a folder of model_repo.")
     extra_models: Annotated[list[str], NoDecode] = Field(

@@ -29,6 +29,8 @@ from serving.errors import (
     NotReady,
     Unauthorized,
 )
+from serving.grpc_server import grpc_serving
+from serving.kserve_http import add_kserve_routes
 from serving.metrics import Metrics
 from serving.protocol import ModerationRequest, ModerationResponse, build_response, parse_request
 from serving.registry import ModelRegistry
@@ -75,7 +77,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
                 log.exception("model loading failed")
 
         task = asyncio.create_task(load())
-        yield
+        async with grpc_serving(settings, reg):  # gRPC on settings.grpc_port; 0 = off
+            yield
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await reg.stop()
@@ -87,6 +90,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         description="OpenAI-compatible moderation classifier server.",
     )
     app.state.registry = reg
+    add_kserve_routes(app, reg)  # KServe v2 / Triton HTTP routes under /v2
     retry = settings.retry_after_s
 
     @app.exception_handler(ModerationError)
@@ -155,7 +159,9 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         engine = reg.resolve(requested)
         metrics.requests.labels(engine.name).inc()
         result = await _until_disconnect(request, engine.classify(texts))
-        payload = build_response(engine.name, result.categories, result.scores, result.flags)
+        payload = build_response(
+            engine.name, result.categories, result.scores, result.flags, result.extras
+        )
         t = result.timings
         metrics.request_duration.labels(engine.name).observe(time.perf_counter() - t0)
         headers = {

@@ -8,7 +8,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from tests.helpers import make_tiny_model_repo  # noqa: E402
+import torch
+
+# Without a GPU, Triton kernels run in the CPU interpreter; must precede `import triton`.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from tests.helpers import make_tiny_model_repo
 
 
 @pytest.fixture(scope="session")

@@ -76,10 +76,12 @@ class ServerProcess:
 
     def __init__(self, model_repo: Path, model: str = "tiny", **env: str) -> None:
         self.port = free_port()
+        self.grpc_port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "MODSERVE_MODEL_REPO": str(model_repo),
                     "MODSERVE_MODEL": model, "MODSERVE_HOST": "127.0.0.1",
-                    "MODSERVE_PORT": str(self.port), "MODSERVE_CPU_THREADS": "1", **env}
+                    "MODSERVE_PORT": str(self.port), "MODSERVE_CPU_THREADS": "1",
+                    "MODSERVE_GRPC_PORT": str(self.grpc_port), **env}
         self.proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve"],
                                      env=full_env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
