@@ -1,4 +1,4 @@
-"""``modserve serve | classify | train | eval | calibrate``.
+"""``modserve serve | classify | train | eval | calibrate | bench``.
 
 Every ``serve`` flag is also a ``MODSERVE_<FLAG>`` environment variable
 (flags win). Run ``modserve serve --help`` for the full list.
@@ -61,10 +61,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.ray:
+        return serve_on_ray(settings)
     app = create_app(settings)
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
     )
+    return 0
+
+
+def serve_on_ray(settings: Any) -> int:
+    """Start (or join, with MODSERVE_RAY_ADDRESS) Ray and run the Serve app until Ctrl-C."""
+    import ray
+    from ray import serve
+
+    from serving.config import RayServeSettings
+    from serving.deployments import build_app
+
+    ray_cfg = RayServeSettings()
+    ray.init(address=ray_cfg.address or None, include_dashboard=False)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    args = {**settings.model_dump(mode="json"), "ray": ray_cfg.model_dump(mode="json")}
+    serve.run(build_app(args), name="modserve", route_prefix="/", blocking=True)
     return 0
 
 
@@ -96,11 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP + gRPC server (one process, embedded model)")
     _add(serve, _MODEL_FLAGS + _SERVE_FLAGS)
+    serve.add_argument("--ray", action="store_true",
+                       help="run as Ray Serve deployments (ingress + classifier replicas); "
+                       "scaling from MODSERVE_RAY_* variables")
     serve.set_defaults(func=cmd_serve)
     classify = sub.add_parser("classify", help="classify text and print the moderation JSON")
     classify.add_argument("text", nargs="+", help="one or more texts")
     _add(classify, _MODEL_FLAGS)
     classify.set_defaults(func=cmd_classify)
+    bench = sub.add_parser("bench", help="load test modserve and peers (benchmarks.load)",
+                           add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=lambda a: cmd_bench(a.rest))
     for name, help_ in (
         ("train", "train a moderation model"),
         ("eval", "evaluate a model directory on labelled JSONL"),
@@ -122,7 +147,16 @@ def _training_command(name: str) -> Any:
     return run
 
 
+def cmd_bench(argv: list[str]) -> int:
+    from benchmarks.load import main as bench_main
+
+    return bench_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # every flag after it is benchmarks.load's (incl. --help)
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -162,7 +162,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     rest comes from ``MODSERVE_*`` / ``MODSERVE_RAY_*`` environment variables.
     """
     args = dict(args or {})
-    ray_cfg = RayServeSettings(**args.pop("ray", {}))
+    ray_cfg = RayServeSettings(**{k: v for k, v in args.pop("ray", {}).items() if k != "address"})
     settings = Settings(**args)
     plain = settings.model_dump(mode="json")
     classifiers: dict[str, Any] = {}

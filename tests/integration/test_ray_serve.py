@@ -36,18 +36,22 @@ def wait_until(fn, timeout_s: float, what: str):
     raise TimeoutError(what)
 
 
+base_grpc = [""]
+
+
 @pytest.fixture(scope="module")
 def ray_base(tiny_repo: Path) -> Iterator[str]:
     from serving.deployments import build_app
 
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"model_repo": str(tiny_repo), "model": "tiny",
-                         "ray": {"num_cpus_per_replica": 0.5}}),
+                         "grpc_port": grpc_port, "ray": {"num_cpus_per_replica": 0.5}}),
               name="modserve", blocking=False)
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(base + "/ready", timeout=2).status_code == 200, 120, "ready")
+    base_grpc[0] = f"127.0.0.1:{grpc_port}"
     yield base
     serve.shutdown()
     ray.shutdown()
@@ -59,6 +63,22 @@ def test_openai_client_through_ray(ray_base: str):
     assert resp.model == "tiny" and len(resp.results) == 2
     with pytest.raises(openai.NotFoundError):
         client.moderations.create(input="x", model="missing")
+
+
+def test_kserve_grpc_through_ray_ingress(ray_base: str):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(base_grpc[0])
+    assert client.is_server_ready()
+    text = grpcclient.InferInput("TEXT", [2], "BYTES")
+    text.set_data_from_numpy(np.array([b"hello", b"second"], dtype=object))
+    out = client.infer("tiny", [text])
+    scores = out.as_numpy("SCORES")
+    assert scores.shape[0] == 2 and scores.dtype == np.float32
+    http = httpx.post(ray_base + "/v1/moderations", json={"input": ["hello", "second"]}).json()
+    first = http["results"][0]["category_scores"]
+    assert sorted(first.values()) == pytest.approx(sorted(scores[0].tolist()), abs=1e-5)
 
 
 def test_requests_recover_after_replica_is_killed(ray_base: str):
