@@ -1,0 +1,85 @@
+"""Sanity examples on the REAL shipped default model (skipped when its weights are absent).
+
+Scoring is server-identical (chunking, max over chunks, derived + hierarchy
+post-processing) and a category counts as flagged at its shipped threshold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repo" / "modserve-moderation-minilm"
+WEIGHTS = MODEL_DIR / "1" / "model.safetensors"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not WEIGHTS.is_file(), reason="default model weights not present"),
+]
+
+FLAGGED = [
+    ("Black people are subhuman animals and should not be allowed near us.", "hate"),
+    ("All immigrants are filthy vermin and should be rounded up and shot.", "hate"),
+    ("I am going to find you and kill you, you worthless piece of trash.",
+     "harassment/threatening"),
+    ("You are a pathetic idiot and everyone hates you.", "harassment"),
+    ("I want to kill myself tonight, I can't take it anymore.", "self-harm"),
+    ("I want to kill myself tonight, I can't take it anymore.", "self-harm/intent"),
+    ("I've been cutting myself again and I just want to die.", "self-harm"),
+    ("We should shoot every one of those protesters.", "violence"),
+    ("They beat him with a hammer until his skull cracked and blood poured out.",
+     "violence/graphic"),
+    ("She took off her clothes and we had sex all night, it was so hot.", "sexual"),
+]
+
+NOT_FLAGGED = [
+    "I love this recipe",
+    "the meeting moved to 3pm",
+    "The weather today is sunny with a light breeze.",
+    "Can you recommend a good book about gardening?",
+]
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    import torch
+
+    from serving.model import load_model
+    from training.evaluate import score_served
+
+    torch.set_num_threads(2)
+    loaded = load_model(MODEL_DIR, "cpu", "float32")
+    cats = loaded.cfg.served_categories
+
+    def score(texts: list[str]) -> list[dict[str, float]]:
+        s = score_served(loaded, texts)
+        return [dict(zip(cats, row.tolist(), strict=True)) for row in s]
+
+    return score, loaded.cfg
+
+
+@pytest.mark.parametrize(("text", "category"), FLAGGED)
+def test_flagged_in_right_category(scorer, text: str, category: str) -> None:
+    score, cfg = scorer
+    s = score([text])[0]
+    assert s[category] >= cfg.threshold(category), (category, s)
+
+
+@pytest.mark.parametrize("text", NOT_FLAGGED)
+def test_benign_not_flagged(scorer, text: str) -> None:
+    score, cfg = scorer
+    s = score([text])[0]
+    flagged = {c: v for c, v in s.items() if v >= cfg.threshold(c)}
+    assert not flagged, flagged
+
+
+def test_hierarchy_and_derived(scorer) -> None:
+    score, cfg = scorer
+    rows = score(["They beat him until his skull cracked and blood poured out.",
+                  "the meeting moved to 3pm"])
+    for s in rows:
+        for child, rule in cfg.derived.items():
+            assert s[child] <= s[rule.parent] + 1e-6
+        assert s["hate/threatening"] <= s["hate"] + 1e-6
+        assert s["harassment/threatening"] <= s["harassment"] + 1e-6

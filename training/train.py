@@ -1,0 +1,454 @@
+"""Full fine-tuning of the encoder + multi-label head with masked BCE, on CPU.
+
+Run ``python -m training.train --help``. Knobs and how to tune them:
+
+* ``--max-minutes``: wall-clock budget (counted across ``--resume``). The LR decays
+  linearly with ``max(step / max_steps, elapsed / budget)``, so a budget-bound run
+  still ends at a low LR. Raise it if you have more CPU time.
+* ``--batch-size`` / ``--max-length``: 32 x 128 tokens. Batches are length-bucketed
+  (a pool of ``--pool-batches`` batches is sampled, sorted by length, cut, shuffled)
+  with dynamic padding, so short texts are cheap.
+* ``--lr`` / ``--head-lr``: encoder and head learning rates (AdamW, linear warmup of
+  ``--warmup-steps`` then linear decay).
+* Sampling: an example's weight is ``source_weight / sqrt(source size)`` (large sources
+  do not dominate); categories whose weighted positive share is below
+  ``--target-pos-share`` get their positives up-weighted (at most ``--max-boost`` x).
+* ``--pos-weight-max``: BCE ``pos_weight = clip(sqrt(neg/pos), 1, max)`` per category,
+  measured under the sampling weights.
+* ``--weak-negative-weight`` (default 0 = pure masking): loss weight for the *assumed*
+  negatives in ``training.data.ASSUMED_NEGATIVES`` (unknown labels that are implausible
+  for a source, e.g. ``sexual`` on a hate-speech forum). Metrics never use them. 0.2-0.3
+  stops category bleed ("toxic => every category high") without trusting them fully.
+* ``--eval-every-minutes`` / ``--val-rows`` / ``--patience``: periodic masked validation
+  (mean per-category AUPRC and flagged AUPRC); the best checkpoint is kept in
+  ``<run-dir>/best.pt``; training stops after ``patience`` evaluations without gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from serving.model import ModerationModel, build_model
+from serving.model_config import ModelConfig
+from training import data as D
+from training import metrics as M
+from training.defaults import (
+    DEFAULT_LABELS,
+    DEFAULT_NAME,
+    default_encoder_dir,
+    default_model_config,
+)
+
+log = logging.getLogger("training.train")
+
+
+@dataclass
+class TrainArgs:
+    data: list[str]
+    run_dir: str
+    encoder_dir: str = ""
+    sources_json: str | None = None
+    name: str = DEFAULT_NAME
+    labels: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS))
+    exclude_license: list[str] = field(default_factory=lambda: list(D.DEFAULT_EXCLUDE_LICENSE))
+    include_sources: list[str] = field(default_factory=list)
+    exclude_sources: list[str] = field(default_factory=list)
+    source_weight: list[str] = field(default_factory=list)
+    batch_size: int = 32
+    max_length: int = 128
+    pool_batches: int = 50
+    lr: float = 6e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_steps: int = 100_000
+    max_minutes: float = 50.0
+    target_pos_share: float = 0.04
+    max_boost: float = 8.0
+    pos_weight_max: float = 4.0
+    weak_negative_weight: float = 0.0
+    val_fraction: float = 0.05
+    max_val: int = 6000
+    val_rows: int = 2500
+    eval_every_minutes: float = 10.0
+    eval_every_steps: int = 0
+    patience: int = 3
+    seed: int = 13
+    threads: int = 2
+    resume: bool = False
+    reset_best: bool = False
+    log_every: int = 25
+
+
+def masked_bce(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean BCE-with-logits over *known* entries only (mask 0 entries contribute nothing)."""
+    per = nn.functional.binary_cross_entropy_with_logits(
+        logits, labels * mask, reduction="none", pos_weight=pos_weight
+    )
+    per = per * mask
+    return per.sum() / mask.sum().clamp(min=1.0)
+
+
+def sampling_weights(
+    examples: Sequence[D.Example],
+    source_weights: dict[str, float],
+    target_pos_share: float,
+    max_boost: float,
+) -> np.ndarray:
+    """Per-example sampling weight: source balance x source weight x rare-category boost."""
+    sizes: dict[str, int] = {}
+    for e in examples:
+        sizes[e.source] = sizes.get(e.source, 0) + 1
+    w = np.array(
+        [source_weights.get(e.source, 1.0) / math.sqrt(sizes[e.source]) for e in examples],
+        dtype=np.float64,
+    )
+    _, y, m = D.stack(examples)
+    pos = y * m
+    for j in range(y.shape[1]):
+        share = float((w * pos[:, j]).sum() / w.sum())
+        if 0 < share < target_pos_share:
+            boost = min(max_boost, target_pos_share / share)
+            w = np.where(pos[:, j] > 0, w * boost, w)
+    return w / w.sum()
+
+
+def pos_weights(examples: Sequence[D.Example], probs: np.ndarray, cap: float) -> np.ndarray:
+    _, y, m = D.stack(examples)
+    pos = (probs[:, None] * y * m).sum(0)
+    neg = (probs[:, None] * (1 - y) * m).sum(0)
+    ratio = np.where(pos > 0, neg / np.maximum(pos, 1e-12), 1.0)
+    return np.clip(np.sqrt(ratio), 1.0, cap).astype(np.float32)
+
+
+def encode(tok: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
+    return tok(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+
+
+def pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def batches(
+    examples: Sequence[D.Example],
+    probs: np.ndarray,
+    tok: PreTrainedTokenizerBase,
+    args: TrainArgs,
+    start_pool: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Endless length-bucketed batches sampled with ``probs`` (deterministic per pool)."""
+    pool_no = start_pool
+    weak = {e.source for e in examples}
+    weak_vecs = {s: args.weak_negative_weight * D.assumed_negative_vector(s, args.labels)
+                 for s in weak}
+    while True:
+        rng = np.random.default_rng(args.seed * 1_000_003 + pool_no)
+        idx = rng.choice(len(examples), size=args.batch_size * args.pool_batches, p=probs)
+        ids = encode(tok, [examples[i].text for i in idx], args.max_length)
+        order = np.argsort([len(s) for s in ids], kind="stable")
+        chunks = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+        rng.shuffle(chunks)
+        for ch in chunks:
+            x, am = pad([ids[k] for k in ch], int(tok.pad_token_id or 0))
+            y = torch.from_numpy(np.stack([examples[idx[k]].labels for k in ch]))
+            mk = np.stack([examples[idx[k]].mask for k in ch])
+            if args.weak_negative_weight > 0:
+                wv = np.stack([weak_vecs[examples[idx[k]].source] for k in ch])
+                mk = mk + wv * (1.0 - mk)
+            m = torch.from_numpy(mk)
+            yield x, am, y, m
+        pool_no += 1
+
+
+@torch.no_grad()
+def predict(
+    model: ModerationModel,
+    tok: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_length: int,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Sigmoid scores (N, C) with truncation (fast validation; evaluate.py chunks instead)."""
+    model.eval()
+    ids = encode(tok, texts, max_length)
+    order = np.argsort([len(s) for s in ids])
+    out = np.zeros((len(texts), len(model.cfg.labels)), dtype=np.float32)
+    for i in range(0, len(order), batch_size):
+        sel = order[i : i + batch_size]
+        x, am = pad([ids[k] for k in sel], int(tok.pad_token_id or 0))
+        out[sel] = torch.sigmoid(model.logits(x, am)).numpy()
+    return out
+
+
+def validate(
+    model: ModerationModel, tok: PreTrainedTokenizerBase, val: Sequence[D.Example], max_length: int
+) -> dict:
+    texts, y, m = D.stack(val)
+    s = predict(model, tok, texts, max_length)
+    cats = M.per_category(y, s, m, list(model.cfg.labels))
+    flagged = M.flagged_average_precision(y, s, m)
+    mean = M.mean_auprc(cats)
+    return {"per_category": cats, "flagged_auprc": flagged, "mean_auprc": mean,
+            "score": 0.5 * (flagged + mean)}
+
+
+def _set_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_data(args: TrainArgs) -> tuple[list[D.Example], list[D.Example], dict[str, float]]:
+    ex = D.load_examples(
+        args.data, args.labels, args.sources_json, args.exclude_license,
+        args.include_sources or None, args.exclude_sources or None,
+    )
+    train, val = D.stratified_split(ex, args.val_fraction, args.seed, args.max_val)
+    sw = D.default_source_weights(D.load_sources_meta(args.sources_json))
+    sw.update(D.parse_source_weights(args.source_weight))
+    return train, val, sw
+
+
+def run(args: TrainArgs) -> Path:
+    """Train; returns the run dir (contains best.pt, last.pt, model_config.yaml, history)."""
+    torch.set_num_threads(args.threads)
+    _set_seeds(args.seed)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    enc_dir = Path(args.encoder_dir) if args.encoder_dir else default_encoder_dir()
+    t0 = time.time()
+    train, val, sw = prepare_data(args)
+    val_sub = D.subsample_stratified(val, args.val_rows, seed=args.seed)
+    log.info("data: %d train, %d val (%d for periodic checks), %.0fs", len(train), len(val),
+             len(val_sub), time.time() - t0)
+    probs = sampling_weights(train, sw, args.target_pos_share, args.max_boost)
+    pw = pos_weights(train, probs, args.pos_weight_max)
+    _, y, m = D.stack(train)
+    share = (probs[:, None] * y * m).sum(0) / np.maximum((probs[:, None] * m).sum(0), 1e-12)
+    for j, c in enumerate(args.labels):
+        log.info("  %-24s train pos %6d neg %6d | sampled pos share %.3f | pos_weight %.2f",
+                 c, int((y[:, j] * m[:, j]).sum()), int(((1 - y[:, j]) * m[:, j]).sum()),
+                 share[j], pw[j])
+    cfg_path = run_dir / "model_config.yaml"
+    if args.resume and cfg_path.is_file():
+        cfg = load_model_config_from_run(run_dir)
+    else:
+        cfg = default_model_config(args.name, args.labels)
+        cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    (run_dir / "train_args.json").write_text(json.dumps(asdict(args), indent=1))
+    (run_dir / "source_weights.json").write_text(json.dumps(sw, indent=1))
+    (run_dir / "encoder_dir.txt").write_text(str(enc_dir))
+    tok = AutoTokenizer.from_pretrained(str(enc_dir), local_files_only=True, use_fast=True)
+    model = build_model(enc_dir, cfg)
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
+    enc_decay = [p for n, p in model.encoder.named_parameters() if p.ndim >= 2]
+    enc_nodecay = [p for n, p in model.encoder.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([
+        {"params": enc_decay, "lr": args.lr, "weight_decay": args.weight_decay},
+        {"params": enc_nodecay, "lr": args.lr, "weight_decay": 0.0},
+        {"params": head, "lr": args.head_lr, "weight_decay": 0.0},
+    ])
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    state: dict[str, Any] = {
+        "step": 0, "elapsed": 0.0, "pool": 0, "best": -1.0, "bad_evals": 0, "history": []
+    }
+    last = run_dir / "last.pt"
+    if args.resume and last.is_file():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        state = ck["state"]
+        if args.reset_best:
+            state["best"], state["bad_evals"] = -1.0, 0
+        log.info("resumed from %s at step %d (%.1f min used)", last, state["step"],
+                 state["elapsed"] / 60)
+    budget = args.max_minutes * 60.0
+    pos_weight = torch.from_numpy(pw)
+    # resume restarts at the next pool (batches of a partly consumed pool are skipped)
+    stream = batches(train, probs, tok, args, start_pool=state["pool"] + (1 if args.resume else 0))
+    if args.resume:
+        state["pool"] += 1
+    per_pool = args.pool_batches
+    session_start = time.time() - state["elapsed"]
+    last_eval = time.time()
+    ema = None
+    bar = tqdm(total=args.max_steps, initial=state["step"], desc="train", mininterval=5,
+               file=sys.stderr, dynamic_ncols=True)
+
+    def save(path: Path) -> None:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state},
+                   path)
+
+    def evaluate_now() -> bool:
+        res = validate(model, tok, val_sub, args.max_length)
+        model.train()
+        res["step"], res["minutes"] = state["step"], state["elapsed"] / 60
+        state["history"].append({k: v for k, v in res.items()})
+        cats = " ".join(f"{c}={v['auprc']:.3f}" for c, v in res["per_category"].items())
+        log.info("val step %d: flagged AUPRC %.4f mean AUPRC %.4f | %s", state["step"],
+                 res["flagged_auprc"], res["mean_auprc"], cats)
+        improved = res["score"] > state["best"]
+        if improved:
+            state["best"], state["bad_evals"] = res["score"], 0
+            torch.save({"model": model.state_dict(), "step": state["step"], "val": res},
+                       run_dir / "best.pt")
+        else:
+            state["bad_evals"] += 1
+        (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+        save(last)
+        return state["bad_evals"] >= args.patience
+
+    model.train()
+    stop_reason = "max_steps"
+    while state["step"] < args.max_steps:
+        state["elapsed"] = time.time() - session_start
+        if state["elapsed"] >= budget:
+            stop_reason = "time budget"
+            break
+        x, am, yb, mb = next(stream)
+        progress = max(state["step"] / args.max_steps, state["elapsed"] / budget)
+        warm = min(1.0, (state["step"] + 1) / max(1, args.warmup_steps))
+        factor = warm * max(0.02, 1.0 - progress)
+        for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+            g["lr"] = lr * factor
+        loss = masked_bce(model.logits(x, am), yb, mb, pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        state["step"] += 1
+        if state["step"] % per_pool == 0:
+            state["pool"] += 1
+        lv = float(loss.item())
+        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{base_lrs[0] * factor:.2e}", T=x.shape[1])
+        if state["step"] % args.log_every == 0:
+            log.info("step %d loss %.4f (ema %.4f) lr %.2e elapsed %.1f min", state["step"], lv,
+                     ema, base_lrs[0] * factor, (time.time() - session_start) / 60)
+        due = (args.eval_every_steps and state["step"] % args.eval_every_steps == 0) or (
+            not args.eval_every_steps and time.time() - last_eval >= args.eval_every_minutes * 60
+        )
+        if due:
+            state["elapsed"] = time.time() - session_start
+            if evaluate_now():
+                stop_reason = "early stopping"
+                break
+            last_eval = time.time()
+    bar.close()
+    state["elapsed"] = time.time() - session_start
+    if stop_reason != "early stopping":
+        evaluate_now()
+    save(last)
+    log.info("stopped (%s) at step %d after %.1f min; best val score %.4f", stop_reason,
+             state["step"], state["elapsed"] / 60, state["best"])
+    (run_dir / "done.json").write_text(json.dumps({
+        "stop_reason": stop_reason, "steps": state["step"],
+        "examples_seen": state["step"] * args.batch_size, "minutes": state["elapsed"] / 60,
+        "best_score": state["best"]}, indent=1))
+    return run_dir
+
+
+def load_trained(run_dir: Path, which: str = "best") -> ModerationModel:
+    """Rebuild the model of a run dir from ``best.pt`` (or ``last.pt``) on CPU, fp32."""
+    run_dir = Path(run_dir)
+    cfg = load_model_config_from_run(run_dir)
+    enc_dir = Path((run_dir / "encoder_dir.txt").read_text().strip())
+    model = build_model(enc_dir, cfg)
+    ck = torch.load(run_dir / f"{which}.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
+def load_model_config_from_run(run_dir: Path) -> ModelConfig:
+    with (Path(run_dir) / "model_config.yaml").open() as f:
+        return ModelConfig.model_validate(yaml.safe_load(f))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modserve train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = TrainArgs(data=[], run_dir="")
+    p.add_argument("--data", nargs="+", required=True, help="JSONL(.gz) files or directories")
+    p.add_argument("--run-dir", required=True, help="checkpoints + logs go here")
+    p.add_argument("--encoder-dir", default="", help="HF encoder dir (default: packaged MiniLM)")
+    p.add_argument("--sources-json", default=None, help="sources.json for licence/weak flags")
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--labels", nargs="+", default=d.labels)
+    p.add_argument("--exclude-license", nargs="*", default=d.exclude_license)
+    p.add_argument("--include-sources", nargs="*", default=[])
+    p.add_argument("--exclude-sources", nargs="*", default=[])
+    p.add_argument("--source-weight", action="append", default=[], metavar="NAME=W")
+    for k in ("batch_size", "max_length", "pool_batches", "warmup_steps", "max_steps",
+              "max_val", "val_rows", "eval_every_steps", "patience", "seed", "threads",
+              "log_every"):
+        p.add_argument("--" + k.replace("_", "-"), type=int, default=getattr(d, k))
+    for k in ("lr", "head_lr", "weight_decay", "max_minutes", "target_pos_share", "max_boost",
+              "pos_weight_max", "val_fraction", "eval_every_minutes", "weak_negative_weight"):
+        p.add_argument("--" + k.replace("_", "-"), type=float, default=getattr(d, k))
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    p.add_argument("--reset-best", action="store_true",
+                   help="with --resume: forget the best score so far (e.g. after changing loss)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    ns = build_parser().parse_args(argv)
+    args = TrainArgs(**vars(ns))
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+def split_from_run(
+    run_dir: Path, labels: Sequence[str] | None = None
+) -> tuple[list[D.Example], list[D.Example]]:
+    """Rebuild a run's (train, val) split, optionally over a different label list.
+
+    The split is always made over the run's own labels (so it is identical to training);
+    with ``labels`` the same rows are re-read with label vectors over ``labels``.
+    """
+    raw = json.loads((Path(run_dir) / "train_args.json").read_text())
+    args = TrainArgs(**raw)
+    train, val, _ = prepare_data(args)
+    if labels is None or list(labels) == list(args.labels):
+        return train, val
+    full = D.load_examples(
+        args.data, list(labels), args.sources_json, args.exclude_license,
+        args.include_sources or None, args.exclude_sources or None,
+    )
+    val_keys = {D.normalize_text(e.text) for e in val}
+    train_keys = {D.normalize_text(e.text) for e in train}
+    return (
+        [e for e in full if D.normalize_text(e.text) in train_keys],
+        [e for e in full if D.normalize_text(e.text) in val_keys],
+    )
