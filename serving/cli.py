@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "train a moderation model"),
         ("eval", "evaluate a model directory on labelled JSONL"),
         ("calibrate", "choose per-category thresholds on validation data"),
+        ("export", "calibrate, gate int8, evaluate and write a trained run into model_repo/"),
     ):
         p = sub.add_parser(name, help=help_, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)

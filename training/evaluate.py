@@ -4,9 +4,9 @@
 
 Texts longer than the model window are split with ``ChunkingTokenizer`` (window
 ``max_length_tokens``, overlap ``chunk_stride_tokens``); a text's head score is the max
-over its chunks; then ``training.postprocess.served_scores`` adds derived categories and
-caps children at parents. Metrics are masked (unknown labels are ignored); see
-``training.metrics``. ``--batch-size`` only trades memory for speed.
+over its chunks; then ``served_scores`` (the server's ``serving.postprocess.PostProcessor``)
+adds derived categories and caps children at parents. Metrics are masked (unknown labels
+are ignored); see ``training.metrics``. ``--batch-size`` only trades memory for speed.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import torch
 
 from serving.model import LoadedModel, ModerationModel, load_model
 from serving.model_config import ModelConfig
+from serving.postprocess import PostProcessor
 from serving.tokenization import ChunkingTokenizer, pad_batch
 from training import data as D
 from training import metrics as M
-from training.postprocess import flags, served_scores
 
 log = logging.getLogger("training.evaluate")
 
@@ -55,6 +55,12 @@ def score_heads(
     return out
 
 
+def served_scores(heads: np.ndarray, texts: Sequence[str], cfg: ModelConfig) -> np.ndarray:
+    """(N, len(cfg.labels)) head scores, already maxed over chunks -> (N, served) scores,
+    with derived categories and hierarchy applied exactly as the server does."""
+    return PostProcessor(cfg).scores(heads, [1] * len(texts), list(texts))
+
+
 def score_served(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Final served scores (N, len(cfg.served_categories)) as the server computes them."""
     heads = score_heads(loaded.model, loaded.tokenizer, loaded.cfg, texts, batch_size)
@@ -67,7 +73,7 @@ def report(
     """Metrics dict for served-order ``labels``/``mask``/``scores``."""
     names = cfg.served_categories
     cats = M.per_category(labels, scores, mask, names, cfg.thresholds, cfg.default_threshold,
-                          predictions=flags(scores, cfg))
+                          predictions=PostProcessor(cfg).flags(scores))
     truth, fscore = M.flagged_truth_and_score(labels, scores, mask, known_only=True)
     _, fscore_all = M.flagged_truth_and_score(labels, scores, mask, known_only=False)
     return {

@@ -35,8 +35,7 @@ from serving.model_config import ModelConfig, save_model_config
 from training import data as D
 from training import metrics as M
 from training.calibrate import calibrate_arrays
-from training.evaluate import format_table, report, score_heads
-from training.postprocess import served_scores
+from training.evaluate import format_table, report, score_heads, served_scores
 
 log = logging.getLogger("training.export")
 

@@ -201,7 +201,7 @@ their parent's threshold. Edit `thresholds` in `config.yaml` to tune.
 {derived}
 
 Hierarchy: a child's score is capped at its parent's (`min(child, parent)`), in
-`training.postprocess.apply_derived_and_hierarchy`, which the server also uses.
+`serving.postprocess.PostProcessor`, the same code the server runs.
 
 ## int8
 

@@ -15,10 +15,10 @@ import yaml
 
 from serving.model import load_model
 from serving.model_config import load_model_config
+from serving.postprocess import PostProcessor
 from training import data as D
 from training.defaults import DEFAULT_LABELS, default_encoder_dir, default_model_config
-from training.evaluate import evaluate, score_served
-from training.postprocess import apply_derived_and_hierarchy, served_scores
+from training.evaluate import evaluate, score_served, served_scores
 
 pytestmark = pytest.mark.slow
 
@@ -147,11 +147,6 @@ def test_postprocess_derived_and_hierarchy() -> None:
     assert out[2, col("self-harm/instructions")] == pytest.approx(0.6)
     assert out[1, col("self-harm/instructions")] == pytest.approx(0.6 * 0.05)
     assert out[:, col("hate/threatening")].tolist() == pytest.approx([0.3, 0.1, 0.3])
-    # the server-facing function takes served-order scores; derived inputs are ignored
-    again = apply_derived_and_hierarchy(out + 0.0, texts, cfg)
-    np.testing.assert_allclose(again, out)
-    with pytest.raises(ValueError):
-        apply_derived_and_hierarchy(heads, texts, cfg)
 
 
 def test_eval_layout_file_scores(tmp_path: Path) -> None:
@@ -163,13 +158,11 @@ def test_eval_layout_file_scores(tmp_path: Path) -> None:
 
 
 def test_flags_child_implies_parent() -> None:
-    from training.postprocess import flags
-
     cfg = default_model_config()
     cfg.thresholds = {"hate": 0.8, "hate/threatening": 0.3}
     served = cfg.served_categories
     s = np.zeros((1, len(served)), dtype=np.float32)
     s[0, served.index("hate")] = 0.5
     s[0, served.index("hate/threatening")] = 0.4
-    f = flags(s, cfg)
+    f = PostProcessor(cfg).flags(s)
     assert f[0, served.index("hate/threatening")] and f[0, served.index("hate")]
