@@ -140,12 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _training_command(name: str) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from training import cli as training_cli
-
-        fn = getattr(training_cli, f"{name}_main")
-        return int(fn(args.rest) or 0)
+        return run_training(name, args.rest)
 
     return run
+
+
+TRAINING_COMMANDS = ("train", "eval", "calibrate", "export")
+
+
+def run_training(name: str, argv: list[str]) -> int:
+    from training import cli as training_cli
+
+    fn = getattr(training_cli, f"{name}_main")
+    return int(fn(argv) or 0)
 
 
 def cmd_bench(argv: list[str]) -> int:
@@ -158,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # every flag after it is benchmarks.load's (incl. --help)
         return cmd_bench(argv[1:])
+    if argv[:1] and argv[0] in TRAINING_COMMANDS:  # flags after it are the pipeline's
+        return run_training(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 
