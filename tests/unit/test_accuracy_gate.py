@@ -1,0 +1,80 @@
+"""The accuracy gate passes identical scores and fails on an AUPRC drop or a moved score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.accuracy_gate import compare, main
+
+NAMES = ["hate", "violence"]
+
+
+def _data(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, 2)) < 0.3).astype(np.float32)
+    mask = np.ones((n, 2), np.float32)
+    mask[: n // 4, 1] = 0  # violence unknown on a quarter of the rows
+    scores = np.clip(labels * 0.5 + rng.random((n, 2)) * 0.5, 0, 1).astype(np.float32)
+    return labels, mask, scores
+
+
+def test_identical_scores_pass() -> None:
+    y, m, s = _data()
+    res = compare(y, m, s, s.copy(), NAMES, max_auprc_drop=0.01, score_tol=0.05)
+    assert res["passed"] and res["failures"] == []
+    assert res["categories"]["violence"]["known"] == 150
+    assert res["categories"]["hate"]["auprc_drop"] == 0.0
+
+
+def test_small_noise_within_tolerance_passes() -> None:
+    y, m, s = _data()
+    noisy = s + np.random.default_rng(1).uniform(-0.001, 0.001, s.shape).astype(np.float32)
+    res = compare(y, m, s, noisy, NAMES, max_auprc_drop=0.01, score_tol=0.05)
+    assert res["passed"], res["failures"]
+    assert 0 < res["max_abs_score_diff"] <= 0.001 + 1e-6
+
+
+def test_auprc_drop_fails_even_when_scores_move_little() -> None:
+    y, m, s = _data()
+    worse = s.copy()
+    worse[:, 0] = np.where(y[:, 0] > 0, s[:, 0] - 0.04, s[:, 0] + 0.04)  # positives sink
+    res = compare(y, m, s, worse, NAMES, max_auprc_drop=0.01, score_tol=0.05)
+    assert not res["passed"]
+    assert any(f.startswith("hate: AUPRC") for f in res["failures"])
+    assert res["categories"]["hate"]["auprc_drop"] > 0.01
+    assert res["categories"]["violence"]["auprc_drop"] == 0.0
+
+
+def test_one_moved_score_fails() -> None:
+    y, m, s = _data()
+    moved = s.copy()
+    moved[7, 1] = 1.0 - moved[7, 1] if abs(1.0 - 2 * moved[7, 1]) > 0.2 else moved[7, 1] + 0.2
+    res = compare(y, m, s, moved, NAMES, max_auprc_drop=1.0, score_tol=0.05)
+    assert not res["passed"]
+    assert "row 7, violence" in res["failures"][-1]
+
+
+def test_gate_command_on_a_model_dir(tiny_repo: Path, tmp_path: Path) -> None:
+    rows = [
+        {"text": "I will hurt you badly", "labels": {"violence": 1, "hate": 0}},
+        {"text": "what a lovely sunny day", "labels": {"violence": 0, "hate": 0}},
+        {"text": "those people are vermin", "labels": {"hate": 1}},
+        {"text": "see you at lunch", "labels": {"hate": 0, "violence": 0}},
+    ] * 5
+    data = tmp_path / "eval.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "gate.json"
+    args = ["--model-dir", str(tiny_repo / "tiny"), "--data", str(data), "--out", str(out)]
+    assert main([*args, "--precisions", "float32,int8", "--score-tol", "int8=1.0"]) == 0
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["rows"] == 20
+    assert set(report["precisions"]) == {"float32", "int8"}
+    assert report["precisions"]["float32"]["max_abs_score_diff"] == 0.0
+    moved = report["precisions"]["int8"]["max_abs_score_diff"]
+    assert moved > 0.0  # int8 really ran: scores differ from fp32
+    # the same run with a score tolerance below what int8 moved fails with exit code 1
+    assert main([*args, "--precisions", "int8", "--score-tol", f"int8={moved / 2}"]) == 1
+    assert json.loads(out.read_text())["passed"] is False
