@@ -88,13 +88,7 @@ def compare(
 
 
 def parse_tols(items: list[str]) -> dict[str, float]:
-    out = dict(DEFAULT_SCORE_TOL)
-    for it in items:
-        name, sep, val = it.partition("=")
-        if not sep:
-            raise ValueError(f"--score-tol expects precision=value, got {it!r}")
-        out[name.strip()] = float(val)
-    return out
+    return {**DEFAULT_SCORE_TOL, **D.parse_assignments(items, "--score-tol", "precision=value")}
 
 
 def build_parser() -> argparse.ArgumentParser:

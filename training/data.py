@@ -244,15 +244,20 @@ def default_source_weights(meta: dict[str, dict]) -> dict[str, float]:
     return w
 
 
-def parse_source_weights(items: Sequence[str]) -> dict[str, float]:
-    """``["name=0.5", ...]`` -> ``{"name": 0.5}``."""
+def parse_assignments(items: Sequence[str], flag: str, form: str) -> dict[str, float]:
+    """``["name=0.5", ...]`` -> ``{"name": 0.5}``; errors name the CLI ``flag`` and ``form``."""
     out: dict[str, float] = {}
     for it in items:
         name, sep, val = it.partition("=")
         if not sep:
-            raise ValueError(f"--source-weight expects name=weight, got {it!r}")
+            raise ValueError(f"{flag} expects {form}, got {it!r}")
         out[name.strip()] = float(val)
     return out
+
+
+def parse_source_weights(items: Sequence[str]) -> dict[str, float]:
+    """``--source-weight name=0.5`` values -> ``{"name": 0.5}``."""
+    return parse_assignments(items, "--source-weight", "name=weight")
 
 
 def stratified_split(
