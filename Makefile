@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: install serve test lint unit integration clean
+.PHONY: install serve test lint unit integration bench bench-smoke clean
 
 $(STAMP): pyproject.toml $(wildcard proto/*/*/*.proto)
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ unit: install
 
 integration: install
 	$(PY) -m pytest -q -m integration
+
+# Load test modserve and its peers side by side (~15 min on 2 cores); JSON + PNG in
+# benchmarks/results/. BENCH_ARGS="--servers modserve,naive" narrows it.
+bench: install
+	$(PY) -m benchmarks.load $(BENCH_ARGS)
+
+bench-smoke: install
+	$(PY) -m pytest -q tests/integration/test_bench_smoke.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache serving/_proto

@@ -1,0 +1,256 @@
+"""Load tests: modserve and its peers, side by side, on the same model, machine and workload.
+
+Compare servers (each started in turn on a loopback port, swept, stopped)::
+
+    python -m benchmarks.load --servers modserve,modserve-ray,naive,ray-batch,infinity
+
+Sweep one server that is already running (no launch)::
+
+    python -m benchmarks.load --url http://127.0.0.1:8000 --label mine
+
+Kinds: modserve, modserve-grpc (same server, KServe v2 gRPC), modserve-ray, naive, ray-batch,
+infinity. Results: ``benchmarks/results/load-<stamp>.json`` + two PNGs + a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.loadgen import GrpcTarget, HttpTarget, Target
+from benchmarks.probes import batch_stats_delta, machine_info, scrape_batch_stats
+from benchmarks.servers import KINDS, start_server
+from benchmarks.sweep import SweepConfig, run_sweep
+from benchmarks.workload import describe, make_requests, token_counts
+
+DEFAULT_MODEL_DIR = Path("model_repo/modserve-moderation-minilm")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ALL_KINDS = ("modserve", "modserve-grpc", "modserve-ray", "naive", "ray-batch", "infinity")
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in s.split(",") if x)
+
+
+def _floats(s: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in s.split(",") if x)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="benchmarks.load",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--servers",
+        default="modserve,modserve-grpc,modserve-ray,naive,ray-batch,infinity",
+        help=f"comma-separated kinds from {ALL_KINDS}",
+    )
+    p.add_argument("--url", help="sweep this already running modserve-like server instead")
+    p.add_argument("--label", default="external", help="name of the --url server in results")
+    p.add_argument("--server-pid", type=int, help="--url server's pid, for its CPU use")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=DEFAULT_MODEL_DIR,
+        help="model_repo folder (or a bare HF encoder: random head) all servers load",
+    )
+    p.add_argument("--n-requests", type=int, default=2000, help="workload size (cycled)")
+    p.add_argument("--seed", type=int, default=0, help="fixes the workload and arrivals")
+    p.add_argument("--duration-s", type=float, default=6.0, help="window per sweep point")
+    p.add_argument("--warmup-s", type=float, default=2.0)
+    p.add_argument(
+        "--concurrency",
+        type=_ints,
+        default=(1, 4, 16, 64),
+        help="closed-loop client counts, e.g. 1,4,16,64",
+    )
+    p.add_argument(
+        "--rate-fractions",
+        type=_floats,
+        default=(0.3, 0.6, 0.8, 1.0, 1.2),
+        help="open-loop rates as fractions of the best closed-loop rate",
+    )
+    p.add_argument(
+        "--rates-rps",
+        type=_floats,
+        default=(),
+        help="absolute open-loop rates (requests/s), instead of the fractions",
+    )
+    p.add_argument("--arrival", choices=("poisson", "constant"), default="poisson")
+    p.add_argument("--slo-p99-ms", type=float, default=200.0)
+    p.add_argument("--slo-on", choices=("interactive", "all"), default="interactive",
+                   help="p99 of chat/comment requests only, or of every request")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """A model_repo folder; a bare HF encoder gets a temp folder with a random head."""
+    from benchmarks._models import _repo_from_encoder, is_model_repo_dir
+
+    if is_model_repo_dir(path):
+        return path.resolve()
+    if (path / "config.json").is_file():
+        return _repo_from_encoder(path.resolve(), 256)
+    raise SystemExit(
+        f"{path}: not a model_repo folder (config.yaml) nor an HF encoder folder; "
+        "train one (make train) or pass --model-dir"
+    )
+
+
+async def _sweep_target(
+    make_target: Callable[[], Target],
+    base_url: str,
+    pid: int | None,
+    workload: tuple[list[Any], list[int]],
+    cfg: SweepConfig,
+    label: str,
+) -> dict[str, Any]:
+    """Sweep one running server; the target is made here, inside the event loop (gRPC aio)."""
+    target = make_target()
+    before = scrape_batch_stats(base_url)
+    try:
+        sweep = await run_sweep(target, base_url, pid, *workload, cfg, label=label)
+    finally:
+        await target.aclose()
+    totals = batch_stats_delta(before, scrape_batch_stats(base_url))
+    best = max(sweep["closed_loop"] + sweep["open_loop"], key=lambda p: p["inputs_per_s"])
+    return {
+        "sweep": sweep,
+        "padding_ratio": totals["padding_ratio"],
+        "mean_batch_size": totals["mean_batch_size"],
+        "batch_totals": totals,
+        "cpu_cores_used_at_max": best["server"]["cpu_cores_used"],
+    }
+
+
+def run_kind(
+    kind: str, model_dir: Path, workload: tuple[list[Any], list[int]], cfg: SweepConfig
+) -> dict[str, Any]:
+    """Start ``kind``, sweep it, stop it. Failures are recorded, not raised."""
+    launch = "modserve" if kind == "modserve-grpc" else kind
+    try:
+        server = start_server(launch, model_dir)
+    except Exception as e:  # e.g. infinity's virtualenv could not be built
+        return {"error": f"{type(e).__name__}: {e}"}
+    try:
+        ready_s = server.wait_ready()
+
+        def make_target() -> Target:
+            if kind == "modserve-grpc":
+                return GrpcTarget(server.grpc_url or "", server.model_name)
+            if kind == "infinity":
+                return HttpTarget(server.base_url, "/classify", infinity_model=model_dir.name)
+            return HttpTarget(server.base_url)
+
+        out = asyncio.run(
+            _sweep_target(make_target, server.base_url, server.pid, workload, cfg, kind)
+        )
+        if kind == "infinity":
+            from benchmarks.peers import infinity_peer
+
+            out["export_max_abs_score_diff"] = infinity_peer.LAST_EXPORT_MAX_ABS_DIFF
+        return {"ready_s": round(ready_s, 1), **out}
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"[:4000], "log_tail": server.log_tail()}
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    cfg = SweepConfig(
+        a.duration_s,
+        a.warmup_s,
+        a.concurrency,
+        a.rate_fractions,
+        a.rates_rps,
+        a.arrival,
+        a.slo_p99_ms,
+        a.slo_on,
+        a.seed,
+        progress=not a.no_progress,
+    )
+    model_dir = resolve_model_dir(a.model_dir)
+    requests = make_requests(a.n_requests, a.seed)
+    from serving.model_config import load_model_config
+
+    vdir = load_model_config(model_dir).version_dir(model_dir)
+    tokens = token_counts(requests, str(vdir / "tokenizer.json"))
+    workload = (requests, tokens)
+    results: dict[str, Any] = {
+        "command": " ".join(["python -m benchmarks.load", *(argv or sys.argv[1:])]),
+        "machine": machine_info(),
+        "model": model_dir.name,
+        "workload": {"seed": a.seed, **describe(requests, tokens)},
+        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "notes": "client and server share the machine's cores; peers truncate inputs longer "
+        "than the model window, modserve chunks them (more work for modserve)",
+        "servers": {},
+    }
+    if a.url:
+        url = a.url.rstrip("/")
+        results["servers"][a.label] = asyncio.run(
+            _sweep_target(lambda: HttpTarget(url), url, a.server_pid, workload, cfg, a.label)
+        )
+    else:
+        for kind in [k for k in a.servers.split(",") if k]:
+            if kind not in ALL_KINDS:
+                raise SystemExit(f"unknown server {kind!r}; choose from {ALL_KINDS} ({KINDS})")
+            results["servers"][kind] = run_kind(kind, model_dir, workload, cfg)
+            if "error" in results["servers"][kind]:
+                print(f"{kind}: {results['servers'][kind]['error'][:300]}", file=sys.stderr)
+    results["headline"] = headline(results)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = report.write_results(results, a.out, stamp)
+    if not a.no_plots:
+        report.plot(results, a.out, stamp)
+    print(report.markdown_table(results))
+    print(f"results: {path}")
+    return 0
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """modserve goodput / best peer goodput at p99 <= SLO; padding vs ray @serve.batch."""
+    servers = results["servers"]
+
+    def good(name: str) -> float:
+        return float(servers.get(name, {}).get("sweep", {}).get("goodput_inputs_per_s", 0.0))
+
+    peers = {k: good(k) for k in ("naive", "ray-batch", "infinity") if good(k) > 0}
+    ms = good("modserve")
+    best_peer = max(peers, key=lambda k: peers[k]) if peers else None
+    return {
+        "modserve_goodput_inputs_per_s": ms,
+        "best_peer": best_peer,
+        "modserve_over_best_peer": round(ms / peers[best_peer], 2) if best_peer else None,
+        "modserve_over_naive": round(ms / peers["naive"], 2) if "naive" in peers else None,
+        "max_throughput_modserve_over_naive": _max_ratio(servers, "modserve", "naive"),
+        "modserve_over_infinity": round(ms / peers["infinity"], 2) if "infinity" in peers else None,
+        "padding_ratio_modserve": servers.get("modserve", {}).get("padding_ratio"),
+        "padding_ratio_ray_batch": servers.get("ray-batch", {}).get("padding_ratio"),
+    }
+
+
+def _max_ratio(servers: dict[str, Any], a: str, b: str) -> float | None:
+    """Ratio of max inputs/s (any latency) of servers ``a`` and ``b``."""
+    try:
+        return round(
+            servers[a]["sweep"]["max_inputs_per_s"] / servers[b]["sweep"]["max_inputs_per_s"], 2
+        )
+    except (KeyError, ZeroDivisionError):
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

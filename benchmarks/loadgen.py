@@ -1,0 +1,252 @@
+"""Async load generator: closed loop (N clients) and open loop (constant or Poisson arrivals).
+
+One shared client per run (HTTP keep-alive through one ``httpx.AsyncClient``; one gRPC
+channel through ``tritonclient.grpc.aio``). Open-loop latency is measured from each
+request's INTENDED send time, so a slow server cannot slow the arrivals down and hide its
+own queueing (no coordinated omission). Every run is bounded in requests and seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+
+from benchmarks.workload import Request
+
+DRAIN_TIMEOUT_S = 15.0  # after the arrival window, how long unfinished requests may still run
+INTERACTIVE_KINDS = ("chat", "comment")  # one short input: what a latency SLO is about
+MAX_INFLIGHT_OPEN = 2048  # open loop: arrivals beyond this many in flight count as "backlog"
+
+
+class Target(Protocol):
+    """Something that sends one request and answers a status ("200", "429", "timeout"...)."""
+
+    name: str
+
+    async def send(self, req: Request) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpTarget:
+    """POST /v1/moderations over one keep-alive ``httpx.AsyncClient``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        path: str = "/v1/moderations",
+        timeout_s: float = DRAIN_TIMEOUT_S,
+        max_connections: int = 512,
+        infinity_model: str | None = None,
+    ) -> None:
+        self.name = "http"
+        self.url = base_url.rstrip("/") + path
+        self.infinity_model = infinity_model  # set: POST infinity's {"input": [...], "model"}
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self.client = httpx.AsyncClient(timeout=timeout_s, limits=limits)
+
+    async def send(self, req: Request) -> str:
+        try:
+            body = (
+                req.body
+                if self.infinity_model is None
+                else {"input": req.inputs, "model": self.infinity_model}
+            )
+            r = await self.client.post(self.url, json=body)
+        except httpx.TimeoutException:
+            return "timeout"
+        except httpx.HTTPError as e:
+            return type(e).__name__
+        return str(r.status_code)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class GrpcTarget:
+    """KServe v2 ``ModelInfer`` (TEXT BYTES [n]) over one ``tritonclient.grpc.aio`` channel."""
+
+    def __init__(self, url: str, model: str, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        import tritonclient.grpc.aio as tg
+
+        self.name = "grpc"
+        self._tg = tg
+        self.model = model
+        self.timeout_s = timeout_s
+        self.client = tg.InferenceServerClient(url=url)
+
+    async def send(self, req: Request) -> str:
+        tg = self._tg
+        inp = tg.InferInput("TEXT", [len(req.inputs)], "BYTES")
+        inp.set_data_from_numpy(np.array([t.encode() for t in req.inputs], dtype=np.object_))
+        try:
+            await self.client.infer(self.model, [inp], client_timeout=self.timeout_s)
+        except Exception as e:  # InferenceServerException carries the gRPC status
+            status = getattr(e, "status", lambda: None)()
+            return f"grpc:{status or type(e).__name__}"
+        return "200"
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+@dataclass
+class RunResult:
+    """Raw outcome of one run; ``summary()`` turns it into the reported numbers."""
+
+    mode: str  # "closed" | "open"
+    load: float  # concurrency (closed) or offered requests/s (open)
+    window_s: float = 0.0  # wall time of the measurement window
+    latencies_s: list[float] = field(default_factory=list)  # successful requests only
+    interactive_s: list[float] = field(default_factory=list)  # ... of kind chat / comment
+    statuses: Counter[str] = field(default_factory=Counter)
+    inputs_ok: int = 0
+    tokens_ok: int = 0
+
+    def record(self, status: str, latency_s: float, req: Request, tokens: int) -> None:
+        self.statuses[status] += 1
+        if status == "200":
+            self.latencies_s.append(latency_s)
+            if req.kind in INTERACTIVE_KINDS:
+                self.interactive_s.append(latency_s)
+            self.inputs_ok += len(req.inputs)
+            self.tokens_ok += tokens
+
+    def summary(self) -> dict[str, Any]:
+        lat_ms = np.asarray(self.latencies_s) * 1000.0
+        ok = len(self.latencies_s)
+        sent = sum(self.statuses.values())
+        w = max(self.window_s, 1e-9)
+
+        def pct(q: float, values: np.ndarray = lat_ms) -> float | None:
+            return round(float(np.percentile(values, q)), 2) if len(values) else None
+
+        inter_ms = np.asarray(self.interactive_s) * 1000.0
+
+        return {
+            "mode": self.mode,
+            ("concurrency" if self.mode == "closed" else "offered_rps"): self.load,
+            "window_s": round(self.window_s, 3),
+            "requests_sent": sent,
+            "requests_ok": ok,
+            "errors_by_status": {k: v for k, v in self.statuses.items() if k != "200"},
+            "error_rate": round((sent - ok) / sent, 4) if sent else 0.0,
+            "achieved_rps": round(ok / w, 2),
+            "inputs_per_s": round(self.inputs_ok / w, 2),
+            "tokens_per_s": round(self.tokens_ok / w, 1),
+            "latency_ms": {
+                "p50": pct(50),
+                "p90": pct(90),
+                "p99": pct(99),
+                "max": round(float(lat_ms.max()), 2) if ok else None,
+            },
+            "interactive_latency_ms": {"p50": pct(50, inter_ms), "p99": pct(99, inter_ms)},
+        }
+
+
+class _Cycle:
+    """The workload in order, wrapping around; each run starts at request 0."""
+
+    def __init__(self, requests: list[Request], tokens: list[int]) -> None:
+        self.requests, self.tokens, self.i = requests, tokens, 0
+
+    def next(self) -> tuple[Request, int]:
+        j = self.i % len(self.requests)
+        self.i += 1
+        return self.requests[j], self.tokens[j]
+
+
+async def run_closed(
+    target: Target,
+    requests: list[Request],
+    tokens: list[int],
+    concurrency: int,
+    duration_s: float,
+    max_requests: int = 1_000_000,
+) -> RunResult:
+    """``concurrency`` clients, each sending its next request as soon as the last returns."""
+    res = RunResult("closed", concurrency)
+    cyc = _Cycle(requests, tokens)
+    t_start = time.perf_counter()
+    t_end = t_start + duration_s
+
+    async def client() -> None:
+        while time.perf_counter() < t_end and cyc.i < max_requests:
+            req, tok = cyc.next()
+            t0 = time.perf_counter()
+            status = await target.send(req)
+            res.record(status, time.perf_counter() - t0, req, tok)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    res.window_s = time.perf_counter() - t_start
+    return res
+
+
+def arrival_offsets_s(rate_rps: float, duration_s: float, arrival: str, seed: int) -> list[float]:
+    """Intended send times (seconds from start): evenly spaced, or Poisson (exp. gaps)."""
+    n = max(1, int(rate_rps * duration_s))
+    if arrival == "constant":
+        return [i / rate_rps for i in range(n)]
+    rng = random.Random(seed)
+    t, out = 0.0, list[float]()
+    while len(out) < n:
+        out.append(t)
+        t += rng.expovariate(rate_rps)
+    return out
+
+
+async def run_open(
+    target: Target,
+    requests: list[Request],
+    tokens: list[int],
+    rate_rps: float,
+    duration_s: float,
+    arrival: str = "poisson",
+    seed: int = 0,
+) -> RunResult:
+    """Send at the intended times whatever the server does; latency from the intended time.
+
+    The window ends when the last arrival's answer is in (or ``DRAIN_TIMEOUT_S`` after the
+    last arrival); achieved rates are over that window, so a server that falls behind shows
+    achieved < offered.
+    """
+    res = RunResult("open", rate_rps)
+    cyc = _Cycle(requests, tokens)
+    offsets = arrival_offsets_s(rate_rps, duration_s, arrival, seed)
+    tasks: set[asyncio.Task[None]] = set()
+    t_start = time.perf_counter()
+
+    async def one(req: Request, tok: int, intended: float) -> None:
+        status = await target.send(req)
+        res.record(status, time.perf_counter() - intended, req, tok)
+
+    for off in offsets:
+        intended = t_start + off
+        delay = intended - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        req, tok = cyc.next()
+        if len(tasks) >= MAX_INFLIGHT_OPEN:
+            res.statuses["backlog"] += 1
+            continue
+        task = asyncio.create_task(one(req, tok, intended))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        _, pending = await asyncio.wait(set(tasks), timeout=DRAIN_TIMEOUT_S)
+        for task in pending:
+            task.cancel()
+        if pending:
+            res.statuses["timeout"] += len(pending)
+        await asyncio.gather(*pending, return_exceptions=True)
+    res.window_s = time.perf_counter() - t_start
+    return res

@@ -1,0 +1,47 @@
+"""CI smoke run of the load generator: ~3 s of tiny closed- and open-loop load on modserve."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks import load
+from tests.helpers import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tiny_repo: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tiny_repo)
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+def test_load_generator_closed_and_open_loop(server: ServerProcess, tiny_repo: Path,
+                                             tmp_path: Path):
+    rc = load.main(["--url", server.base, "--label", "modserve", "--server-pid",
+                    str(server.proc.pid), "--model-dir",
+                    str(tiny_repo / "tiny"), "--n-requests", "50", "--duration-s", "0.8",
+                    "--warmup-s", "0.2", "--concurrency", "1,2", "--rates-rps", "5,10",
+                    "--out", str(tmp_path), "--no-plots", "--no-progress"])
+    assert rc == 0
+    results = json.loads((tmp_path / "latest-load.json").read_text())
+    for key in ("command", "machine", "workload", "config", "servers", "headline"):
+        assert key in results
+    assert results["machine"]["cpu_cores"] >= 1 and results["machine"]["date_utc"]
+    s = results["servers"]["modserve"]
+    sweep = s["sweep"]
+    assert [p["mode"] for p in sweep["closed_loop"] + sweep["open_loop"]] == ["closed"] * 2 + [
+        "open"] * 2
+    for point in sweep["closed_loop"] + sweep["open_loop"]:
+        assert point["requests_ok"] > 0 and point["errors_by_status"] == {}
+        assert point["latency_ms"]["p50"] > 0
+        assert point["inputs_per_s"] > 0 and point["tokens_per_s"] > 0
+    assert s["padding_ratio"] >= 1.0 and s["mean_batch_size"] >= 1.0
+    assert s["cpu_cores_used_at_max"] > 0
+    assert sweep["max_inputs_per_s"] > 0 and "knee" in sweep
