@@ -67,3 +67,35 @@ def test_missing_model_dir_keeps_503_with_reason(tmp_path: Path):
         assert "absent" in r.json()["error"]["message"]
     finally:
         s.stop()
+
+
+def test_client_that_hangs_up_is_dropped_before_the_model(tiny_repo: Path):
+    import json
+    import socket
+    import time
+
+    s = ServerProcess(tiny_repo, MODSERVE_MAX_BATCH_WAIT_MS="3000")
+    s.wait_ready()
+    try:
+        body = json.dumps({"input": "going away"}).encode()
+        with socket.create_connection(("127.0.0.1", s.port)) as sock:
+            sock.sendall(b"POST /v1/moderations HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            while 'modserve_queue_sequences{model="tiny"} 1.0' not in httpx.get(
+                    s.base + "/metrics").text:
+                time.sleep(0.05)
+        # the client is gone; its sequence must be dropped, never run
+        t_end = time.monotonic() + 20
+        metrics = ""
+        while time.monotonic() < t_end:
+            metrics = httpx.get(s.base + "/metrics").text
+            if 'modserve_dropped_sequences_total{model="tiny",reason="cancelled"} 1.0' in metrics:
+                break
+            time.sleep(0.1)
+        assert 'reason="cancelled"} 1.0' in metrics
+        assert 'modserve_batch_size_count{model="tiny"}' not in metrics  # no batch ever ran
+        assert httpx.post(s.base + "/v1/moderations", json={"input": "still fine"},
+                          timeout=30).status_code == 200
+    finally:
+        s.stop()
