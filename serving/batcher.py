@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from serving.errors import DeadlineExceeded, Overloaded
@@ -35,7 +35,6 @@ class SequenceInner:
     deadline: float  # loop-clock time after which it must not start
     future: asyncio.Future[Any]
     enqueued: float = 0.0
-    started: float = 0.0
 
 
 @dataclass
@@ -43,8 +42,6 @@ class Batch:
     bucket: int
     items: list[SequenceInner]
     cut_at: float
-    dropped: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def padded_tokens(self) -> int:
@@ -168,8 +165,6 @@ class TokenBudgetBatcher:
             waited = now - q[0].enqueued
             if len(q) >= cap or waited >= self.max_wait_s:
                 items = [self._pop(bucket) for _ in range(min(cap, len(q)))]
-                for s in items:
-                    s.started = now
                 return Batch(bucket, items, now)
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):

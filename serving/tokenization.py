@@ -35,7 +35,6 @@ class ChunkingTokenizer:
         self, tokenizer: PreTrainedTokenizerBase, max_length_tokens: int, stride_tokens: int
     ):
         self.tokenizer = tokenizer
-        self.max_length = max_length_tokens
         # Own copy of the Rust tokenizer with the file's truncation/padding switched off:
         # we chunk and pad ourselves (to length buckets).
         backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -52,11 +51,6 @@ class ChunkingTokenizer:
         self.step = self.window - stride_tokens
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else 0)
-
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Content tokens per text (no special tokens), tokenized as one batch."""
-        enc = self.backend.encode_batch(texts, add_special_tokens=False)
-        return [len(e.ids) for e in enc]
 
     def chunk_texts(self, texts: list[str], max_input_tokens: int | None = None) -> list[Chunk]:
         """All chunks of all texts, in input order. Raises TextTooLongError over the cap."""
