@@ -20,12 +20,13 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from serving.config import OPENAI_MODEL_ALIASES, RayServeSettings, Settings
+from serving.config import RayServeSettings, Settings
 from serving.engine import ClassifyResult, Engine
 from serving.ensemble import EnsembleConfig, EnsembleEngine, plan_models
-from serving.errors import ModelNotFound, ModerationError, NotReady, Overloaded
+from serving.errors import ModerationError, NotReady, Overloaded
 from serving.metrics import Metrics
 from serving.model import load_model
+from serving.registry import resolve_engine
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +117,8 @@ class RemoteRegistry:
         self.metrics.ready.set(0)
 
     def resolve(self, requested: str | None) -> RemoteEngine | EnsembleEngine:
-        name = self.default if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
-        assert name is not None
-        if name in self.engines:
-            return self.engines[name]
-        if name in self.deployments or name in self.ensembles:
-            raise NotReady(f"Model {name!r} is still starting; retry shortly.")
-        known = sorted([*self.deployments, *self.ensembles, *OPENAI_MODEL_ALIASES])
-        raise ModelNotFound(f"The model '{requested}' does not exist. Served models: {known}.",
-                            param="model")
+        expected = [*self.deployments, *self.ensembles]
+        return resolve_engine(requested, self.default, self.engines, expected)
 
 
 def deployment_name(model: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 from serving.config import OPENAI_MODEL_ALIASES, Settings
 from serving.engine import Engine
@@ -14,6 +16,7 @@ from serving.metrics import Metrics
 from serving.model import load_model
 
 log = logging.getLogger(__name__)
+E = TypeVar("E")
 
 
 class ModelRegistry:
@@ -64,14 +67,24 @@ class ModelRegistry:
 
     def resolve(self, requested: str | None) -> Engine | EnsembleEngine:
         """Map a request's ``model`` (None, OpenAI alias, or folder name) to its engine."""
-        name = self.default if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
-        assert name is not None
-        engine = self.engines.get(name)
-        if engine is not None:
-            return engine
-        if not self.ready and name == self.default:
-            raise NotReady("The model is still loading; retry shortly.")
-        known = sorted([*self.engines, *OPENAI_MODEL_ALIASES])
-        raise ModelNotFound(
-            f"The model '{requested}' does not exist. Served models: {known}.", param="model"
-        )
+        expected = [*self.settings.model_names(), *self.engines]
+        return resolve_engine(requested, self.default, self.engines, expected)
+
+
+def resolve_engine(requested: str | None, default: str, engines: Mapping[str, E],
+                   expected: Iterable[str]) -> E:
+    """The engine for a request's ``model``: None and the OpenAI names mean ``default``.
+
+    A configured model that is not loaded yet answers 503 (retry); anything else 404.
+    """
+    name = default if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
+    assert name is not None
+    if name in engines:
+        return engines[name]
+    expected = set(expected)
+    if name in expected:
+        raise NotReady(f"Model {name!r} is still loading; retry shortly.")
+    known = sorted([*expected, *OPENAI_MODEL_ALIASES])
+    raise ModelNotFound(
+        f"The model '{requested}' does not exist. Served models: {known}.", param="model"
+    )
