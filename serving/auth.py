@@ -1,4 +1,4 @@
-"""Static bearer keys (``MODSERVE_API_KEYS``) for the KServe and gRPC transports."""
+"""Static bearer keys (``MODSERVE_API_KEYS``) for every transport: HTTP, KServe, gRPC."""
 
 from __future__ import annotations
 

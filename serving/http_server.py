@@ -9,7 +9,6 @@ OpenAI envelope ``{"error": {message, type, param, code}}``.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -21,15 +20,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.auth import check_bearer
 from serving.config import OPENAI_MODEL_ALIASES, Settings
 from serving.errors import (
-    BodyTooLarge,
     InvalidRequest,
     ModerationError,
     NotReady,
-    Unauthorized,
 )
 from serving.grpc_server import grpc_serving
+from serving.http_body import read_body
 from serving.kserve_http import add_kserve_routes
 from serving.metrics import Metrics
 from serving.protocol import ModerationRequest, ModerationResponse, build_response, parse_request
@@ -111,34 +110,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         return error_response(ModerationError(f"Internal error: {type(exc).__name__}."), retry)
 
     def check_auth(request: Request) -> None:
-        if not settings.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        ok = scheme.lower() == "bearer" and any(
-            hmac.compare_digest(key.strip().encode(), k.encode()) for k in settings.api_keys
-        )
-        if not ok:
-            raise Unauthorized(
-                "Incorrect API key provided. Send 'Authorization: Bearer <key>' "
-                "with a key from MODSERVE_API_KEYS."
-            )
+        check_bearer(request.headers.get("authorization"), settings.api_keys)
 
     async def read_json(request: Request) -> Any:
-        limit = settings.max_request_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise BodyTooLarge(
-                f"Request body is {declared} bytes; the limit is {limit} bytes "
-                "(MODSERVE_MAX_REQUEST_BODY_BYTES)."
-            )
-        body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise BodyTooLarge(
-                    f"Request body exceeds {limit} bytes (MODSERVE_MAX_REQUEST_BODY_BYTES)."
-                )
+        body = await read_body(request, settings.max_request_body_bytes)
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):

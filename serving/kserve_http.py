@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse, Response
 
 from serving import kserve
 from serving.auth import check_bearer
-from serving.errors import BodyTooLarge, InvalidRequest, ModerationError, NotReady
+from serving.errors import InvalidRequest, ModerationError, NotReady
+from serving.http_body import read_body
 from serving.registry import ModelRegistry
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -153,17 +154,6 @@ def kserve_error(err: ModerationError, retry_after_s: int, reg: ModelRegistry) -
     reg.metrics.request_failures.labels(type(err).__name__).inc()
     headers = {"Retry-After": str(retry_after_s)} if err.status in (429, 503) else {}
     return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise BodyTooLarge(
-                f"Request body exceeds {limit} bytes (MODSERVE_MAX_REQUEST_BODY_BYTES)."
-            )
-    return bytes(body)
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
