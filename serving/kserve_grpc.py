@@ -39,16 +39,21 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=engine.ready)
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return pb.ServerMetadataResponse(name=kserve.SERVER_NAME, version=kserve.SERVER_VERSION)
-
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+    async def _authorized_model(self, request: Any, context: Any) -> Any:
+        """Auth, then the engine for ``request.name``/``version``; aborts the call on error."""
         try:
             self.check_auth(context)
             engine = self.registry.resolve(request.name)
             kserve.check_version(engine, request.version)
         except Exception as e:
             await self.fail(context, e)
+        return engine
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(name=kserve.SERVER_NAME, version=kserve.SERVER_VERSION)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        engine = await self._authorized_model(request, context)
         meta = kserve.model_metadata(engine)
         return pb.ModelMetadataResponse(
             name=meta["name"],
@@ -59,12 +64,7 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         )
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
-        try:
-            self.check_auth(context)
-            engine = self.registry.resolve(request.name)
-            kserve.check_version(engine, request.version)
-        except Exception as e:
-            await self.fail(context, e)
+        engine = await self._authorized_model(request, context)
         meta = kserve.model_metadata(engine)
         cfg = mc.ModelConfig(
             name=engine.name,
