@@ -21,8 +21,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field
 
-from serving.categories import parent_of
 from serving.engine import ClassifyResult, Timings
+from serving.postprocess import Flagger
 
 
 class EnsembleConfig(BaseModel):
@@ -68,13 +68,9 @@ class EnsembleEngine:
         w = np.array([cfg.members[n] if cfg.combine == "weighted_mean" else 1.0
                       for n in members], dtype=np.float32)
         self.weights = w / w.sum()
-        self.thresholds = np.array(
-            [cfg.thresholds.get(c, cfg.default_threshold) for c in self.categories],
-            dtype=np.float32)
-        col = {c: i for i, c in enumerate(self.categories)}
-        pairs = [(col[c], col[p]) for c in self.categories if (p := parent_of(c)) in col]
-        self._children = np.array([c for c, _ in pairs], dtype=np.int64)
-        self._parents = np.array([p for _, p in pairs], dtype=np.int64)
+        self.flags = Flagger(
+            self.categories,
+            [cfg.thresholds.get(c, cfg.default_threshold) for c in self.categories])
         self.ready = True
 
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
@@ -83,10 +79,7 @@ class EnsembleEngine:
         stacked = np.stack([  # (M, N, C) in the ensemble's column order
             r.scores[:, [r.categories.index(c) for c in self.categories]] for r in results])
         scores = np.tensordot(self.weights, stacked, axes=1).astype(np.float32)  # (N, C)
-        flags = scores >= self.thresholds
-        if len(self._children):
-            by_cat = flags.T
-            np.logical_or.at(by_cat, self._parents, by_cat[self._children])
+        flags = self.flags(scores)
         ensemble_flagged = flags.any(axis=1)
         member_flagged = np.stack([r.flags.any(axis=1) for r in results])  # (M, N)
         agreement = (member_flagged == ensemble_flagged).mean(axis=0)

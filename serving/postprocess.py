@@ -18,6 +18,26 @@ from serving.categories import parent_of
 from serving.model_config import ModelConfig
 
 
+class Flagger:
+    """Thresholds + hierarchy for one column order: score >= threshold, child flag => parent."""
+
+    def __init__(self, categories: list[str], thresholds: list[float]) -> None:
+        col = {w: i for i, w in enumerate(categories)}
+        pairs = [(col[w], col[p]) for w in categories if (p := parent_of(w)) in col]
+        self.child_cols = np.array([c for c, _ in pairs], dtype=np.int64)
+        self.parent_cols = np.array([p for _, p in pairs], dtype=np.int64)
+        self.thresholds = np.array(thresholds, dtype=np.float32)
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        """(N, C) scores -> (N, C) bool flags with the child-implies-parent rule."""
+        flags = scores >= self.thresholds
+        if len(self.child_cols):
+            # On the (C, N) view, logical_or.at handles several children of one parent.
+            by_cat = flags.T
+            np.logical_or.at(by_cat, self.parent_cols, by_cat[self.child_cols])
+        return flags
+
+
 class PostProcessor:
     """Precomputed column maps for one model config; ``__call__`` is vectorized numpy."""
 
@@ -30,10 +50,8 @@ class PostProcessor:
             (col[child], col[rule.parent], rule.compiled(), rule.ungated_factor)
             for child, rule in cfg.derived.items()
         ]
-        pairs = [(col[w], col[p]) for w in self.categories if (p := parent_of(w)) in col]
-        self.child_cols = np.array([c for c, _ in pairs], dtype=np.int64)
-        self.parent_cols = np.array([p for _, p in pairs], dtype=np.int64)
-        self.thresholds = np.array([cfg.threshold(w) for w in self.categories], dtype=np.float32)
+        self.flags = Flagger(self.categories, [cfg.threshold(w) for w in self.categories])
+        self.child_cols, self.parent_cols = self.flags.child_cols, self.flags.parent_cols
 
     def scores(
         self, chunk_scores: np.ndarray, chunk_counts: list[int], texts: list[str]
@@ -54,12 +72,3 @@ class PostProcessor:
         if len(self.child_cols):
             out[:, self.child_cols] = np.minimum(out[:, self.child_cols], out[:, self.parent_cols])
         return out
-
-    def flags(self, scores: np.ndarray) -> np.ndarray:
-        """(N, C) scores -> (N, C) bool flags with the child-implies-parent rule."""
-        flags = scores >= self.thresholds
-        if len(self.child_cols):
-            # On the (C, N) view, logical_or.at handles several children of one parent.
-            by_cat = flags.T
-            np.logical_or.at(by_cat, self.parent_cols, by_cat[self.child_cols])
-        return flags
