@@ -38,7 +38,8 @@ class ClassifierReplica:
         self.settings = Settings(**settings)
         self.model_name = model_name
         loaded = load_model(self.settings.model_repo / model_name,
-                            self.settings.resolved_device(), self.settings.dtype)
+                            self.settings.resolved_device(), self.settings.dtype,
+                            self.settings.int8_compile)
         self.engine = Engine(loaded, self.settings, Metrics())
         self._started: asyncio.Task[None] | None = None
 

@@ -81,13 +81,18 @@ class Engine:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        """Warm every bucket (first-call costs, CUDA graphs later) then start the batch loop."""
+        """Warm every bucket then start the batch loop.
+
+        Batch sizes 1 and 2 per bucket: first-call costs, and for the compiled int8 encoder
+        both graphs torch.compile makes (batch 1 is specialised, >= 2 is dynamic).
+        """
         loop = asyncio.get_running_loop()
         for b in self.buckets:
             tk = self.tokenizer
             fill = b - len(tk.prefix) - len(tk.suffix)
-            ids = [tk.prefix + [tk.pad_id] * fill + tk.suffix]
-            await loop.run_in_executor(self._core_pool, self._forward, ids, b)
+            seq = tk.prefix + [tk.pad_id] * fill + tk.suffix
+            for n in (1, 2):
+                await loop.run_in_executor(self._core_pool, self._forward, [seq] * n, b)
         self._loop_task = loop.create_task(self._batch_loop(), name=f"{self.name}-batcher")
         self.ready = True
 

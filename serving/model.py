@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -24,6 +23,7 @@ from transformers import (
 
 from kernels.classification_head import head_logits_reference, head_scores
 from serving.model_config import ModelConfig, load_model_config
+from serving.quantize import quantize_encoder_int8
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,12 @@ def save_weights(model: ModerationModel, version_dir: Path, dtype: torch.dtype) 
     save_file(state, str(version_dir / WEIGHTS_FILE))
 
 
-def load_model(model_dir: Path, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
-    """Load ``model_repo/<name>`` (config.yaml + <version>/) with no network access."""
+def load_model(model_dir: Path, device: str = "cpu", dtype: str = "auto",
+               int8_compile: bool | None = None) -> LoadedModel:
+    """Load ``model_repo/<name>`` (config.yaml + <version>/) with no network access.
+
+    ``int8_compile`` (int8 only): see ``serving.quantize``; None = ``MODSERVE_INT8_COMPILE``.
+    """
     cfg = load_model_config(model_dir)
     vdir = cfg.version_dir(model_dir)
     weights = vdir / WEIGHTS_FILE
@@ -143,10 +147,7 @@ def load_model(model_dir: Path, device: str = "cpu", dtype: str = "auto") -> Loa
     model.classifier.load_state_dict(head)
     model.float().eval()
     if chosen == "int8":
-        model.encoder = cast(
-            PreTrainedModel,
-            torch.ao.quantization.quantize_dynamic(model.encoder, {nn.Linear}, dtype=torch.qint8),
-        )
+        quantize_encoder_int8(model.encoder, int8_compile)
     elif chosen != "float32":
         nn.Module.to(model.encoder, DTYPES[chosen])
     model.to(dev)

@@ -49,7 +49,9 @@ class ModelRegistry:
                 raise FileNotFoundError(self.load_error)
         plain, ensembles = plan_models(self.settings.model_names(), repo)
         for name in plain:
-            loaded = await asyncio.to_thread(load_model, repo / name, device, self.settings.dtype)
+            loaded = await asyncio.to_thread(
+                load_model, repo / name, device, self.settings.dtype, self.settings.int8_compile
+            )
             engine = Engine(loaded, self.settings, self.metrics)
             await engine.start()
             self.engines[name] = engine

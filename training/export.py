@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from transformers import AutoTokenizer
 
 from serving.model import ModerationModel, load_model, save_weights
 from serving.model_config import ModelConfig, save_model_config
+from serving.quantize import quantize_encoder_int8
 from training import data as D
 from training import metrics as M
 from training.calibrate import calibrate_arrays
@@ -118,11 +118,9 @@ def ship(
     cfg = calibrate_arrays(model_dir, y, m, s32, **(calib_kw or {}))
     rep32 = report(cfg, y, m, s32)
 
-    log.info("scoring %d validation rows (dynamic int8)", len(texts))
+    log.info("scoring %d validation rows (int8 W8A8, serving.quantize)", len(texts))
     qmodel = copy.deepcopy(loaded.model)
-    qmodel.encoder = torch.ao.quantization.quantize_dynamic(
-        qmodel.encoder, {nn.Linear}, dtype=torch.qint8
-    )
+    quantize_encoder_int8(qmodel.encoder)
     s8 = served_scores(score_heads(qmodel, loaded.tokenizer, cfg, texts), texts, cfg)
     rep8 = report(cfg, y, m, s8)
     gate = int8_gate(cfg, rep32, rep8, int8_tolerance)
