@@ -8,8 +8,9 @@ Sweep one server that is already running (no launch)::
 
     python -m benchmarks.load --url http://127.0.0.1:8000 --label mine
 
-Kinds: modserve, modserve-grpc (same server, KServe v2 gRPC), modserve-ray, naive, ray-batch,
-infinity. Results: ``benchmarks/results/load-<stamp>.json`` + two PNGs + a markdown table.
+Kinds: modserve, modserve-int8 (MODSERVE_DTYPE=int8), modserve-grpc (same server, KServe v2
+gRPC), modserve-ray, naive, ray-batch, infinity. Results:
+``benchmarks/results/load-<stamp>.json`` + two PNGs + a markdown table.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from benchmarks.workload import describe, make_requests, token_counts
 
 DEFAULT_MODEL_DIR = Path("model_repo/modserve-moderation-minilm")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ALL_KINDS = ("modserve", "modserve-grpc", "modserve-ray", "naive", "ray-batch", "infinity")
+ALL_KINDS = (
+    "modserve", "modserve-int8", "modserve-grpc", "modserve-ray", "naive", "ray-batch", "infinity"
+)
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -230,7 +233,17 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     peers = {k: good(k) for k in ("naive", "ray-batch", "infinity") if good(k) > 0}
     ms = good("modserve")
     best_peer = max(peers, key=lambda k: peers[k]) if peers else None
+    int8 = good("modserve-int8")
+    int8_ratios = {
+        "modserve_int8_goodput_inputs_per_s": int8,
+        "modserve_int8_over_best_peer": round(int8 / peers[best_peer], 2) if best_peer else None,
+        "max_throughput_modserve_int8_over_naive": _max_ratio(servers, "modserve-int8", "naive"),
+        "modserve_int8_over_infinity": (
+            round(int8 / peers["infinity"], 2) if "infinity" in peers else None
+        ),
+    } if int8 > 0 else {}
     return {
+        **int8_ratios,
         "modserve_goodput_inputs_per_s": ms,
         "best_peer": best_peer,
         "modserve_over_best_peer": round(ms / peers[best_peer], 2) if best_peer else None,

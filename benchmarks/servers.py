@@ -1,6 +1,7 @@
 """Start each server under test as a subprocess on a free loopback port; wait; stop.
 
-Kinds: ``modserve`` (``python -m serving.cli serve``), ``modserve-ray``
+Kinds: ``modserve`` (``python -m serving.cli serve``), ``modserve-int8`` (the same with
+``MODSERVE_DTYPE=int8``: compiled W8A8 encoder, CPU), ``modserve-ray``
 (``serving.deployments.build_app`` on a local Ray), ``naive`` (peer a), ``ray-batch``
 (peer b), ``infinity`` (peer c, own virtualenv). Every server loads the same model folder.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-KINDS = ("modserve", "modserve-ray", "naive", "ray-batch", "infinity")
+KINDS = ("modserve", "modserve-int8", "modserve-ray", "naive", "ray-batch", "infinity")
 READY_TIMEOUT_S = 240.0  # Ray start + model load + warm-up on a busy 2-core machine
 STOP_TIMEOUT_S = 30.0
 
@@ -94,7 +95,7 @@ def start_server(kind: str, model_dir: Path, env: dict[str, str] | None = None) 
     }
     py = sys.executable
     grpc_url, ready = None, "/ready"
-    if kind == "modserve":
+    if kind in ("modserve", "modserve-int8"):
         grpc_port = free_port()
         grpc_url = f"127.0.0.1:{grpc_port}"
         full_env.update(
@@ -105,6 +106,7 @@ def start_server(kind: str, model_dir: Path, env: dict[str, str] | None = None) 
                 "MODSERVE_PORT": str(port),
                 "MODSERVE_GRPC_PORT": str(grpc_port),
                 "MODSERVE_LOG_LEVEL": "warning",
+                "MODSERVE_DTYPE": "int8" if kind == "modserve-int8" else "auto",
             }
         )
         argv = [py, "-m", "serving.cli", "serve"]

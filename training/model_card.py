@@ -64,6 +64,8 @@ def _train_command(args: dict) -> str:
     parts += ["--val-rows", str(args.get("val_rows"))]
     for sw in args.get("source_weight", []):
         parts += ["--source-weight", sw]
+    if args.get("patience") not in (None, 3):
+        parts += ["--patience", str(args["patience"])]
     if args.get("weak_negative_weight"):
         parts += ["--weak-negative-weight", str(args["weak_negative_weight"])]
     if args.get("resume"):
@@ -205,8 +207,10 @@ Hierarchy: a child's score is capped at its parent's (`min(child, parent)`), in
 
 ## int8
 
-Dynamic int8 quantisation of the encoder's Linear layers was evaluated against fp32 on
-the same validation rows. AUPRC change (fp32 - int8): {drops}. Gate: every drop <=
+W8A8 int8 (`serving.quantize`: int8 weights with one scale per output channel, int8
+activations with one scale per token, every Linear of the encoder; what `MODSERVE_DTYPE=int8`
+serves) was evaluated against fp32 on the same validation rows.
+AUPRC change (fp32 - int8): {drops}. Gate: every drop <=
 {gate["tolerance"]} -> **int8_ok: {str(gate["int8_ok"]).lower()}**.
 
 {GAPS}
