@@ -9,8 +9,8 @@ chunks: ``training.evaluate.score_heads``); float32 is the reference. A precisio
 * any category's masked AUPRC (``training.metrics.average_precision`` on rows where that
   label is known) drops by more than ``--max-auprc-drop`` (default 0.01, absolute), or
 * any single score (any row, any head) moves by more than its score tolerance
-  (``--score-tol``; defaults: int8 0.05, float16 0.01, bfloat16 0.03 — absolute, on
-  probabilities in [0, 1]).
+  (``--score-tol``; defaults in ``training.gate``: int8 0.10, float16 0.01, bfloat16 0.03 —
+  absolute, on probabilities in [0, 1]).
 
 Rows are ``{"text", "labels": {category: 0|1}}`` (or the prompt + S/H/V code layout);
 an absent category is unknown and masked. Exit code 0 = every precision passed, 1 = a
@@ -28,65 +28,12 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks._models import load_for_bench
 from training import data as D
-from training import metrics as M
 from training.evaluate import score_heads
+from training.gate import DEFAULT_MAX_AUPRC_DROP, DEFAULT_SCORE_TOL, compare
 
 RESULTS_DIR = Path(__file__).parent / "results"
-DEFAULT_SCORE_TOL = {"float32": 1e-6, "int8": 0.05, "float16": 0.01, "bfloat16": 0.03}
-DEFAULT_MAX_AUPRC_DROP = 0.01
-
-
-def compare(
-    labels: np.ndarray,  # (N, C) 0/1
-    mask: np.ndarray,  # (N, C) 1 = known
-    ref: np.ndarray,  # (N, C) float32 scores
-    cand: np.ndarray,  # (N, C) candidate scores
-    names: list[str],
-    max_auprc_drop: float,
-    score_tol: float,
-) -> dict:
-    """Per-category AUPRC (ref vs cand) and score movement; ``passed`` applies both limits."""
-    cats: dict[str, dict] = {}
-    failures: list[str] = []
-    for j, name in enumerate(names):
-        y, s_ref = M.masked_column(labels, ref, mask, j)
-        _, s_new = M.masked_column(labels, cand, mask, j)
-        a_ref, a_new = M.average_precision(y, s_ref), M.average_precision(y, s_new)
-        drop = a_ref - a_new if not (math.isnan(a_ref) or math.isnan(a_new)) else float("nan")
-        cats[name] = {
-            "positives": int(y.sum()),
-            "known": len(y),
-            "auprc_float32": a_ref,
-            "auprc": a_new,
-            "auprc_drop": drop,
-            "max_abs_score_diff": float(np.abs(cand[:, j] - ref[:, j]).max(initial=0.0)),
-        }
-        if drop > max_auprc_drop:
-            failures.append(f"{name}: AUPRC {a_ref:.4f} -> {a_new:.4f} (drop {drop:.4f})")
-    diff = np.abs(cand - ref)
-    max_diff = float(diff.max(initial=0.0))
-    if max_diff > score_tol:
-        r, c = np.unravel_index(int(diff.argmax()), diff.shape)
-        failures.append(
-            f"score moved by {max_diff:.4f} > {score_tol} (row {r}, {names[c]}: "
-            f"{ref[r, c]:.4f} -> {cand[r, c]:.4f})"
-        )
-    return {
-        "passed": not failures,
-        "failures": failures,
-        "max_abs_score_diff": max_diff,
-        "p99_abs_score_diff": float(np.quantile(diff, 0.99)) if diff.size else 0.0,
-        "mean_abs_score_diff": float(diff.mean()) if diff.size else 0.0,
-        "score_tol": score_tol,
-        "max_auprc_drop": max_auprc_drop,
-        "categories": cats,
-    }
-
-
 def parse_tols(items: list[str]) -> dict[str, float]:
     return {**DEFAULT_SCORE_TOL, **D.parse_assignments(items, "--score-tol", "precision=value")}
 

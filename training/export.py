@@ -9,10 +9,10 @@ shipping pipeline:
 2. reload it with ``serving.model.load_model`` (no network) and score the run's own
    validation split the way the server does (chunking + max + post-processing);
 3. calibrate thresholds (``training.calibrate``) and write ``calibration.png``;
-4. int8 gate: dynamic int8 quantisation of the encoder's Linear layers (exactly what
-   ``load_model(dtype="int8")`` does); ``int8_ok`` is set only if no trained head loses
-   more than ``--int8-tolerance`` (0.01) AUPRC against fp32 and flagged AUPRC does not
-   either;
+4. int8 gate (``training.gate``, the same rule as ``benchmarks/accuracy_gate.py``) on the
+   W8A8 encoder of ``serving.quantize`` (exactly what ``load_model(dtype="int8")``
+   serves): ``int8_ok`` only if no category and not the flagged AUPRC loses more than
+   ``--int8-tolerance`` (0.01) against fp32 and no score moves by more than 0.10;
 5. write ``eval_validation.json`` and the model card ``README.md``.
 """
 
@@ -36,6 +36,7 @@ from training import data as D
 from training import metrics as M
 from training.calibrate import calibrate_arrays
 from training.evaluate import format_table, report, score_heads, served_scores
+from training.gate import DEFAULT_MAX_AUPRC_DROP, DEFAULT_SCORE_TOL, compare
 
 log = logging.getLogger("training.export")
 
@@ -55,18 +56,27 @@ def write_model_dir(
     return model_dir
 
 
-def int8_gate(
-    cfg: ModelConfig, fp32: dict, int8: dict, tolerance: float = 0.01
-) -> dict:
-    """Per trained head AUPRC drop (fp32 - int8); ok only if every drop <= tolerance."""
-    drops: dict[str, float] = {}
-    for w in cfg.labels:
-        a, b = fp32["per_category"][w]["auprc"], int8["per_category"][w]["auprc"]
-        if not (math.isnan(a) or math.isnan(b)):
-            drops[w] = round(a - b, 5)
-    drops["flagged"] = round(fp32["flagged"]["auprc"] - int8["flagged"]["auprc"], 5)
-    return {"tolerance": tolerance, "auprc_drop": drops,
-            "int8_ok": bool(drops) and all(d <= tolerance for d in drops.values())}
+def int8_gate(cfg: ModelConfig, labels: np.ndarray, mask: np.ndarray, fp32: np.ndarray,
+              int8: np.ndarray, fp32_rep: dict, int8_rep: dict,
+              max_auprc_drop: float = DEFAULT_MAX_AUPRC_DROP) -> dict:
+    """``training.gate.compare`` on served scores, plus the flagged AUPRC drop.
+
+    ``int8_ok`` only if every category's AUPRC drop and the flagged drop are within
+    ``max_auprc_drop`` and no score moved by more than the int8 score tolerance.
+    """
+    res = compare(labels, mask, fp32, int8, cfg.served_categories, max_auprc_drop,
+                  DEFAULT_SCORE_TOL["int8"])
+    drops = {w: round(c["auprc_drop"], 5) for w, c in res["categories"].items()
+             if not math.isnan(c["auprc_drop"])}
+    drops["flagged"] = round(fp32_rep["flagged"]["auprc"] - int8_rep["flagged"]["auprc"], 5)
+    failures = list(res["failures"])
+    if drops["flagged"] > max_auprc_drop:
+        failures.append(f"flagged AUPRC drop {drops['flagged']:.4f}")
+    return {"tolerance": max_auprc_drop, "auprc_drop": drops,
+            "score_tol": res["score_tol"],
+            "max_abs_score_diff": round(res["max_abs_score_diff"], 5),
+            "p99_abs_score_diff": round(res["p99_abs_score_diff"], 5),
+            "failures": failures, "int8_ok": not failures}
 
 
 def cross_category_flag_rate(
@@ -90,7 +100,7 @@ def ship(
     run_dir: str | Path,
     model_repo: str | Path,
     which: str = "best",
-    int8_tolerance: float = 0.01,
+    int8_tolerance: float = DEFAULT_MAX_AUPRC_DROP,
     max_val_rows: int | None = None,
     write_card: bool = True,
     calib_kw: dict | None = None,
@@ -123,7 +133,7 @@ def ship(
     quantize_encoder_int8(qmodel.encoder)
     s8 = served_scores(score_heads(qmodel, loaded.tokenizer, cfg, texts), texts, cfg)
     rep8 = report(cfg, y, m, s8)
-    gate = int8_gate(cfg, rep32, rep8, int8_tolerance)
+    gate = int8_gate(cfg, y, m, s32, s8, rep32, rep8, int8_tolerance)
     cfg.int8_ok = gate["int8_ok"]
     save_model_config(cfg, model_dir)
 
