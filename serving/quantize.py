@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -72,6 +73,8 @@ def _compile_forward(module: nn.Module) -> None:
     has succeeded, any error (no ``g++``, an inductor bug) logs a warning and puts the
     eager forward back, so a host without a toolchain still serves, at about fp32 speed.
     """
+    # torchao's Int8Tensor opts out of AOT-autograd's cache key; only costs a cache miss.
+    warnings.filterwarnings("ignore", message="Int8Tensor does not implement _stable_hash")
     eager = module.forward
     compiled = torch.compile(eager, dynamic=True)
     state = {"ok": False}

@@ -103,6 +103,15 @@ def _sources_section(args: dict, val_counts: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def _shipped(out: dict) -> str:
+    """``best (step N)`` from the validation history, or the checkpoint name."""
+    which, hist = out.get("checkpoint"), out.get("run", {}).get("val_history", [])
+    if which != "best" or not hist:
+        return str(which)
+    top = max(hist, key=lambda h: (h["flagged_auprc"] + h["mean_auprc"]) / 2)
+    return f"best: step {top['step']}, {top['minutes']} min"
+
+
 def write_model_card(model_dir: Path, cfg: ModelConfig, out: dict) -> Path:
     run = out.get("run", {})
     args = run.get("train_args", {})
@@ -158,7 +167,7 @@ a 2-core CPU, with a wall-clock budget.
   {args.get("weight_decay")}), {args.get("warmup_steps")} warm-up steps then linear decay
   over the {args.get("max_minutes")}-minute budget; seed {args.get("seed")}.
 * Periodic validation on a {args.get("val_rows")}-row stratified subsample; the checkpoint
-  with the best (flagged AUPRC + mean AUPRC)/2 was shipped ({out.get("checkpoint")}).
+  with the best (flagged AUPRC + mean AUPRC)/2 was shipped ({_shipped(out)}).
 * Run: {done.get("steps", "?")} steps, {done.get("examples_seen", "?")} examples seen,
   {_f(done.get("minutes"))} minutes, stopped by {done.get("stop_reason", "?")}.
 
