@@ -103,6 +103,11 @@ def _sources_section(args: dict, val_counts: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def _gate_failures(gate: dict) -> str:
+    fails = gate.get("failures") or []
+    return " (failed: " + "; ".join(fails) + ")" if fails else ""
+
+
 def _shipped(out: dict) -> str:
     """``best (step N)`` from the validation history, or the checkpoint name."""
     which, hist = out.get("checkpoint"), out.get("run", {}).get("val_history", [])
@@ -219,8 +224,10 @@ Hierarchy: a child's score is capped at its parent's (`min(child, parent)`), in
 W8A8 int8 (`serving.quantize`: int8 weights with one scale per output channel, int8
 activations with one scale per token, every Linear of the encoder; what `MODSERVE_DTYPE=int8`
 serves) was evaluated against fp32 on the same validation rows.
-AUPRC change (fp32 - int8): {drops}. Gate: every drop <=
-{gate["tolerance"]} -> **int8_ok: {str(gate["int8_ok"]).lower()}**.
+AUPRC change (fp32 - int8): {drops}. Largest score move: {gate.get("max_abs_score_diff", "n/a")}
+(p99 {gate.get("p99_abs_score_diff", "n/a")}). Gate (`training.gate`): every AUPRC drop <=
+{gate["tolerance"]} and no score moved by more than {gate.get("score_tol", "n/a")} ->
+**int8_ok: {str(gate["int8_ok"]).lower()}**{_gate_failures(gate)}.
 
 {GAPS}
 {run.get("known_issues", "")}
