@@ -224,32 +224,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
-    """modserve goodput / best peer goodput at p99 <= SLO; padding vs ray @serve.batch."""
+    """modserve goodput / best peer goodput at p99 <= SLO; padding vs ray @serve.batch.
+
+    The same ratios for ``modserve-int8`` (prefix ``modserve_int8``) when it was measured.
+    """
     servers = results["servers"]
 
     def good(name: str) -> float:
         return float(servers.get(name, {}).get("sweep", {}).get("goodput_inputs_per_s", 0.0))
 
     peers = {k: good(k) for k in ("naive", "ray-batch", "infinity") if good(k) > 0}
-    ms = good("modserve")
     best_peer = max(peers, key=lambda k: peers[k]) if peers else None
-    int8 = good("modserve-int8")
-    int8_ratios = {
-        "modserve_int8_goodput_inputs_per_s": int8,
-        "modserve_int8_over_best_peer": round(int8 / peers[best_peer], 2) if best_peer else None,
-        "max_throughput_modserve_int8_over_naive": _max_ratio(servers, "modserve-int8", "naive"),
-        "modserve_int8_over_infinity": (
-            round(int8 / peers["infinity"], 2) if "infinity" in peers else None
-        ),
-    } if int8 > 0 else {}
+
+    def ratios(kind: str) -> dict[str, Any]:
+        g, key = good(kind), kind.replace("-", "_")
+
+        def over(peer: str | None) -> float | None:
+            return round(g / peers[peer], 2) if peer in peers else None
+
+        return {
+            f"{key}_goodput_inputs_per_s": g,
+            f"{key}_over_best_peer": over(best_peer),
+            f"{key}_over_naive": over("naive"),
+            f"max_throughput_{key}_over_naive": _max_ratio(servers, kind, "naive"),
+            f"{key}_over_infinity": over("infinity"),
+        }
+
     return {
-        **int8_ratios,
-        "modserve_goodput_inputs_per_s": ms,
+        **(ratios("modserve-int8") if good("modserve-int8") > 0 else {}),
+        **ratios("modserve"),
         "best_peer": best_peer,
-        "modserve_over_best_peer": round(ms / peers[best_peer], 2) if best_peer else None,
-        "modserve_over_naive": round(ms / peers["naive"], 2) if "naive" in peers else None,
-        "max_throughput_modserve_over_naive": _max_ratio(servers, "modserve", "naive"),
-        "modserve_over_infinity": round(ms / peers["infinity"], 2) if "infinity" in peers else None,
         "padding_ratio_modserve": servers.get("modserve", {}).get("padding_ratio"),
         "padding_ratio_ray_batch": servers.get("ray-batch", {}).get("padding_ratio"),
     }

@@ -34,6 +34,7 @@ import warnings
 from typing import Any
 
 import torch
+from pydantic import TypeAdapter
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ COMPILE_ENV = "MODSERVE_INT8_COMPILE"
 
 
 def compile_enabled() -> bool:
-    """``MODSERVE_INT8_COMPILE`` (default 1): compile the int8 encoder with inductor."""
-    return os.environ.get(COMPILE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    """``MODSERVE_INT8_COMPILE`` (default true), parsed like ``Settings.int8_compile``."""
+    value = os.environ.get(COMPILE_ENV, "").strip()
+    return TypeAdapter(bool).validate_python(value) if value else True
 
 
 def quantize_encoder_int8(encoder: nn.Module, compile_model: bool | None = None) -> nn.Module:
@@ -69,19 +71,16 @@ def quantize_encoder_int8(encoder: nn.Module, compile_model: bool | None = None)
 def _compile_forward(module: nn.Module) -> None:
     """Swap ``module.forward`` for a compiled one; fall back to eager if compiling fails.
 
-    Compilation happens on the first call (the engine's warm-up). Until one compiled call
-    has succeeded, any error (no ``g++``, an inductor bug) logs a warning and puts the
-    eager forward back, so a host without a toolchain still serves, at about fp32 speed.
+    Compilation happens on the first call (the engine's warm-up), which decides: if it
+    raises (no ``g++``, an inductor bug) a warning is logged and the eager forward is put
+    back, so a host without a toolchain still serves, at about fp32 speed.
     """
     # torchao's Int8Tensor opts out of AOT-autograd's cache key; only costs a cache miss.
     warnings.filterwarnings("ignore", message="Int8Tensor does not implement _stable_hash")
     eager = module.forward
     compiled = torch.compile(eager, dynamic=True)
-    state = {"ok": False}
 
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        if state["ok"]:
-            return compiled(*args, **kwargs)
+    def first_call(*args: Any, **kwargs: Any) -> Any:
         try:
             out = compiled(*args, **kwargs)
         except Exception as exc:
@@ -89,7 +88,7 @@ def _compile_forward(module: nn.Module) -> None:
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             module.forward = eager
             return eager(*args, **kwargs)
-        state["ok"] = True
+        module.forward = compiled  # compiled from now on: no check per call
         return out
 
-    module.forward = forward
+    module.forward = first_call

@@ -150,7 +150,8 @@ def ship(
     if hist.is_file():
         run_info["val_history"] = [
             {"step": h["step"], "minutes": round(h["minutes"], 1),
-             "flagged_auprc": h["flagged_auprc"], "mean_auprc": h["mean_auprc"]}
+             "flagged_auprc": h["flagged_auprc"], "mean_auprc": h["mean_auprc"],
+             "score": h["score"]}
             for h in json.loads(hist.read_text())
         ]
     source_counts: dict[str, int] = {}

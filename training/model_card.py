@@ -113,7 +113,7 @@ def _shipped(out: dict) -> str:
     which, hist = out.get("checkpoint"), out.get("run", {}).get("val_history", [])
     if which != "best" or not hist:
         return str(which)
-    top = max(hist, key=lambda h: (h["flagged_auprc"] + h["mean_auprc"]) / 2)
+    top = max(hist, key=lambda h: h["score"])  # the score best.pt was chosen by
     return f"best: step {top['step']}, {top['minutes']} min"
 
 
