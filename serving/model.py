@@ -23,7 +23,7 @@ from transformers import (
 
 from kernels.classification_head import head_logits_reference, head_scores
 from serving.model_config import ModelConfig, load_model_config
-from serving.quantize import quantize_encoder_int8
+from serving.quantize import load_smoothing, quantize_encoder_int8
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def load_model(model_dir: Path, device: str = "cpu", dtype: str = "auto",
     model.classifier.load_state_dict(head)
     model.float().eval()
     if chosen == "int8":
-        quantize_encoder_int8(model.encoder, int8_compile)
+        quantize_encoder_int8(model.encoder, load_smoothing(vdir), int8_compile)
     elif chosen != "float32":
         nn.Module.to(model.encoder, DTYPES[chosen])
     model.to(dev)

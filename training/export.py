@@ -9,10 +9,12 @@ shipping pipeline:
 2. reload it with ``serving.model.load_model`` (no network) and score the run's own
    validation split the way the server does (chunking + max + post-processing);
 3. calibrate thresholds (``training.calibrate``) and write ``calibration.png``;
-4. int8 gate (``training.gate``, the same rule as ``benchmarks/accuracy_gate.py``) on the
-   W8A8 encoder of ``serving.quantize`` (exactly what ``load_model(dtype="int8")``
-   serves): ``int8_ok`` only if no category and not the flagged AUPRC loses more than
-   ``--int8-tolerance`` (0.01) against fp32 and no score moves by more than 0.10;
+4. int8: SmoothQuant factors from 512 training texts (``serving.quantize``), written to
+   ``<version>/int8_smoothing.safetensors``, then the int8 gate (``training.gate``, the
+   same rule as ``benchmarks/accuracy_gate.py``) on the smoothed W8A8 encoder (exactly
+   what ``load_model(dtype="int8")`` serves): ``int8_ok`` only if no category and not
+   the flagged AUPRC loses more than ``--int8-tolerance`` (0.01) against fp32 and no
+   score moves by more than 0.10;
 5. write ``eval_validation.json`` and the model card ``README.md``.
 """
 
@@ -23,6 +25,7 @@ import copy
 import json
 import logging
 import math
+import random
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ from transformers import AutoTokenizer
 
 from serving.model import ModerationModel, load_model, save_weights
 from serving.model_config import ModelConfig, save_model_config
-from serving.quantize import quantize_encoder_int8
+from serving.quantize import quantize_encoder_int8, save_smoothing, smoothing_factors
 from training import data as D
 from training import metrics as M
 from training.calibrate import calibrate_arrays
@@ -39,6 +42,8 @@ from training.evaluate import format_table, report, score_heads, served_scores
 from training.gate import DEFAULT_MAX_AUPRC_DROP, DEFAULT_SCORE_TOL, compare
 
 log = logging.getLogger("training.export")
+
+SMOOTHING_TEXTS = 512  # training texts the int8 smoothing factors are measured on
 
 
 def write_model_dir(
@@ -118,7 +123,7 @@ def ship(
     log.info("exported %s to %s", which, model_dir)
 
     loaded = load_model(model_dir, "cpu", "float32")
-    val = split_from_run(run_dir, loaded.cfg.served_categories)[1]
+    train, val = split_from_run(run_dir, loaded.cfg.served_categories)
     if max_val_rows is not None and len(val) > max_val_rows:
         val = D.subsample_stratified(val, max_val_rows)
     texts, y, m = D.stack(val)
@@ -128,9 +133,15 @@ def ship(
     cfg = calibrate_arrays(model_dir, y, m, s32, **(calib_kw or {}))
     rep32 = report(cfg, y, m, s32)
 
+    calib = [e.text for e in random.Random(0).sample(train, min(SMOOTHING_TEXTS, len(train)))]
+    log.info("int8 smoothing factors from %d training texts", len(calib))
+    factors = smoothing_factors(
+        loaded.model.encoder,
+        lambda: score_heads(loaded.model, loaded.tokenizer, loaded.cfg, calib))
+    save_smoothing(factors, cfg.version_dir(model_dir))
     log.info("scoring %d validation rows (int8 W8A8, serving.quantize)", len(texts))
     qmodel = copy.deepcopy(loaded.model)
-    quantize_encoder_int8(qmodel.encoder)
+    quantize_encoder_int8(qmodel.encoder, factors)
     s8 = served_scores(score_heads(qmodel, loaded.tokenizer, cfg, texts), texts, cfg)
     rep8 = report(cfg, y, m, s8)
     gate = int8_gate(cfg, y, m, s32, s8, rep32, rep8, int8_tolerance)

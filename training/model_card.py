@@ -222,8 +222,10 @@ Hierarchy: a child's score is capped at its parent's (`min(child, parent)`), in
 ## int8
 
 W8A8 int8 (`serving.quantize`: int8 weights with one scale per output channel, int8
-activations with one scale per token, every Linear of the encoder; what `MODSERVE_DTYPE=int8`
-serves) was evaluated against fp32 on the same validation rows.
+activations with one scale and zero point per token, SmoothQuant factors (alpha 0.5) measured
+on 512 training texts and shipped as `int8_smoothing.safetensors`, every Linear of the
+encoder; what `MODSERVE_DTYPE=int8` serves) was evaluated against fp32 on the same
+validation rows.
 AUPRC change (fp32 - int8): {drops}. Largest score move: {gate.get("max_abs_score_diff", "n/a")}
 (p99 {gate.get("p99_abs_score_diff", "n/a")}). Gate (`training.gate`): every AUPRC drop <=
 {gate["tolerance"]} and no score moved by more than {gate.get("score_tol", "n/a")} ->

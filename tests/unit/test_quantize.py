@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,14 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from serving import quantize
-from serving.quantize import quantize_encoder_int8
+from serving.quantize import (
+    SMOOTHING_FILE,
+    Int8Linear,
+    load_smoothing,
+    quantize_encoder_int8,
+    save_smoothing,
+    smoothing_factors,
+)
 
 
 def _encoder(seed: int = 0) -> BertModel:
@@ -37,17 +45,78 @@ def _hidden(enc: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 def test_every_linear_is_int8_and_close_to_fp32() -> None:
     ref = _encoder()
     q = quantize_encoder_int8(copy.deepcopy(ref), compile_model=False)
-    weights = [m.weight for m in q.modules() if isinstance(m, nn.Linear)]
-    assert len(weights) == 2 * 6  # q, k, v, attn-out, ffn-in, ffn-out per layer
-    for w in weights:  # torchao Int8Tensor: int8 data + one scale per output channel
-        assert w.qdata.dtype == torch.int8
-        assert w.scale.numel() == w.shape[0]
+    assert not any(isinstance(m, nn.Linear) for m in q.modules())
+    layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 2 * 6  # q, k, v, attn-out, ffn-in, ffn-out per layer
+    for lin in layers:  # int8 weights, one scale per output channel
+        assert lin.weight_t.dtype == torch.int8
+        assert lin.weight_scale.shape == (lin.out_features,)
     ids, mask = _inputs(3, 17)
     a, b = _hidden(ref, ids, mask), _hidden(q, ids, mask)
     assert not torch.equal(a, b)  # really quantized
     # W8A8 on a random 2-layer encoder: hidden states stay within a few % of fp32
     rel = (a - b).norm() / a.norm()
     assert rel < 0.05, float(rel)
+
+
+def test_int8_linear_matches_hand_computed_asymmetric_quantisation() -> None:
+    """One token, hand-checkable: weights per row, activations asymmetric over [lo, hi]."""
+    lin = nn.Linear(4, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -0.5, 0.25, 0.0], [0.1, 0.2, 0.3, -0.4]]))
+        lin.bias.copy_(torch.tensor([0.5, -1.0]))
+    x = torch.tensor([[-0.17, 0.0, 2.0, 0.55]])  # a GELU-like input: small negative floor
+    qlin = Int8Linear(lin)
+    # activations: 255 levels over [-0.17, 2.0]; exact for values on the grid
+    scale = 2.17 / 255
+    zero = round(-128 + 0.17 / scale)
+    xq = [(min(127, max(-128, round(v / scale + zero))) - zero) * scale for v in x[0].tolist()]
+    wq = [[round(w / (max(abs(r) for r in row) / 127)) * max(abs(r) for r in row) / 127
+           for w in row] for row in lin.weight.tolist()]
+    expected = [sum(a * b for a, b in zip(xq, row, strict=True)) + bias
+                for row, bias in zip(wq, [0.5, -1.0], strict=True)]
+    with torch.inference_mode():
+        got = qlin(x)
+    torch.testing.assert_close(got, torch.tensor([expected]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, lin(x).detach(), atol=0.02, rtol=0.0)
+
+
+def test_smoothing_keeps_the_function_and_shrinks_error_on_outlier_channels() -> None:
+    """x / s @ (W * s)^T == x @ W^T; with an outlier input channel, smoothing cuts the error."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    x = torch.randn(256, 64)
+    x[:, 3] *= 60.0  # one outlier channel, as BERT hidden states have
+    factors = smoothing_factors(nn.Sequential(lin), lambda: lin(x))
+    assert set(factors) == {"0"} and factors["0"].shape == (64,)
+    assert factors["0"][3] == factors["0"].max()  # the outlier channel gets the largest factor
+    with torch.inference_mode():
+        ref = lin(x)
+        plain = Int8Linear(lin)(x)
+        smooth = Int8Linear(lin, factors["0"])(x)
+    err_plain, err_smooth = (plain - ref).abs().mean(), (smooth - ref).abs().mean()
+    assert err_smooth < 0.7 * err_plain, (float(err_smooth), float(err_plain))
+
+
+def test_smoothing_file_round_trip(tmp_path: Path) -> None:
+    enc = _encoder(3)
+    ids, mask = _inputs(4, 20)
+    factors = smoothing_factors(enc, lambda: enc(input_ids=ids, attention_mask=mask))
+    assert len(factors) == 12
+    save_smoothing(factors, tmp_path)
+    loaded = load_smoothing(tmp_path)
+    assert loaded is not None and loaded.keys() == factors.keys()
+    a = quantize_encoder_int8(copy.deepcopy(enc), factors, compile_model=False)
+    b = quantize_encoder_int8(copy.deepcopy(enc), loaded, compile_model=False)
+    assert all(m.inv_smoothing is not None for m in b.modules() if isinstance(m, Int8Linear))
+    torch.testing.assert_close(_hidden(a, ids, mask), _hidden(b, ids, mask))
+
+
+def test_missing_smoothing_file_warns_and_runs_unsmoothed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="serving.quantize"):
+        assert load_smoothing(tmp_path) is None
+    assert SMOOTHING_FILE in caplog.text
 
 
 def test_compiled_matches_eager_across_shapes() -> None:
