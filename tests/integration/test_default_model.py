@@ -1,7 +1,8 @@
 """Sanity examples on the REAL shipped default model (skipped when its weights are absent).
 
 Scoring is server-identical (chunking, max over chunks, derived + hierarchy
-post-processing) and a category counts as flagged at its shipped threshold.
+post-processing) and a category counts as flagged at its shipped threshold. Every check
+runs on the fp32 model and on its int8 form (``MODSERVE_DTYPE=int8``, eager in tests).
 """
 
 from __future__ import annotations
@@ -41,15 +42,16 @@ NOT_FLAGGED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def scorer():
+@pytest.fixture(scope="module", params=["float32", "int8"])
+def scorer(request):
+    """The shipped model as served on CPU: fp32, and int8 (it passed its accuracy gate)."""
     import torch
 
     from serving.model import load_model
     from training.evaluate import score_served
 
     torch.set_num_threads(2)
-    loaded = load_model(MODEL_DIR, "cpu", "float32")
+    loaded = load_model(MODEL_DIR, "cpu", request.param)
     cats = loaded.cfg.served_categories
 
     def score(texts: list[str]) -> list[dict[str, float]]:
@@ -83,3 +85,18 @@ def test_hierarchy_and_derived(scorer) -> None:
             assert s[child] <= s[rule.parent] + 1e-6
         assert s["hate/threatening"] <= s["hate"] + 1e-6
         assert s["harassment/threatening"] <= s["harassment"] + 1e-6
+
+
+def test_int8_scores_close_to_fp32() -> None:
+    """What the accuracy gate promises, on the sanity texts: no score moves by > 0.10."""
+    import numpy as np
+
+    from serving.model import load_model
+    from training.evaluate import score_served
+    from training.gate import DEFAULT_SCORE_TOL
+
+    texts = [t for t, _ in FLAGGED] + NOT_FLAGGED
+    fp32 = score_served(load_model(MODEL_DIR, "cpu", "float32"), texts)
+    int8 = score_served(load_model(MODEL_DIR, "cpu", "int8"), texts)
+    moved = float(np.abs(fp32 - int8).max())
+    assert 0.0 < moved <= DEFAULT_SCORE_TOL["int8"], moved
