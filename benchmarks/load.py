@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--servers",
-        default="modserve,modserve-grpc,modserve-ray,naive,ray-batch,infinity",
+        default="modserve,modserve-int8,modserve-grpc,modserve-ray,naive,ray-batch,infinity",
         help=f"comma-separated kinds from {ALL_KINDS}",
     )
     p.add_argument("--url", help="sweep this already running modserve-like server instead")
