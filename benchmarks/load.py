@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="model_repo folder (or a bare HF encoder: random head) all servers load",
     )
     p.add_argument("--n-requests", type=int, default=2000, help="workload size (cycled)")
+    p.add_argument("--no-core-replay", action="store_true",
+                   help="skip timing the model core alone on each modserve kind's batches")
     p.add_argument("--seed", type=int, default=0, help="fixes the workload and arrivals")
     p.add_argument("--duration-s", type=float, default=6.0, help="window per sweep point")
     p.add_argument("--warmup-s", type=float, default=2.0)
@@ -137,10 +139,15 @@ async def _sweep_target(
     }
 
 
+CORE_REPLAY_DTYPE = {"modserve": "auto", "modserve-grpc": "auto", "modserve-int8": "int8"}
+
+
 def run_kind(
-    kind: str, model_dir: Path, workload: tuple[list[Any], list[int]], cfg: SweepConfig
+    kind: str, model_dir: Path, workload: tuple[list[Any], list[int]], cfg: SweepConfig,
+    core_replay: bool = True,
 ) -> dict[str, Any]:
-    """Start ``kind``, sweep it, stop it. Failures are recorded, not raised."""
+    """Start ``kind``, sweep it, stop it; for modserve kinds, replay the batches of its best
+    point through the model core alone (``core_replay``). Failures are recorded, not raised."""
     launch = "modserve" if kind == "modserve-grpc" else kind
     try:
         server = start_server(launch, model_dir)
@@ -163,11 +170,31 @@ def run_kind(
             from benchmarks.peers import infinity_peer
 
             out["export_max_abs_score_diff"] = infinity_peer.LAST_EXPORT_MAX_ABS_DIFF
-        return {"ready_s": round(ready_s, 1), **out}
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"[:4000], "log_tail": server.log_tail()}
     finally:
         server.stop()
+    if kind in CORE_REPLAY_DTYPE and core_replay:  # the cores are idle again
+        out["core_replay"] = replay_best_point(out["sweep"], model_dir, CORE_REPLAY_DTYPE[kind])
+    return {"ready_s": round(ready_s, 1), **out}
+
+
+def replay_best_point(sweep: dict[str, Any], model_dir: Path, dtype: str) -> dict[str, Any]:
+    """The model core alone on the batches of the best closed-loop point (issue #5's rule:
+    server throughput >= 85 % of the core's at the same batch composition)."""
+    from benchmarks.core_replay import isolated_core_seconds
+
+    best = max(sweep["closed_loop"], key=lambda p: p["inputs_per_s"])
+    server = best["server"]
+    if not server.get("per_bucket") or not server.get("wall_s"):
+        return {"error": "the server exposed no per-bucket batch counters"}
+    core = isolated_core_seconds(model_dir, dtype, server["per_bucket"])
+    return {
+        "concurrency": best["concurrency"],
+        "wall_s": server["wall_s"],
+        **core,
+        "server_over_core_throughput": round(core["core_seconds"] / server["wall_s"], 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind in [k for k in a.servers.split(",") if k]:
             if kind not in ALL_KINDS:
                 raise SystemExit(f"unknown server {kind!r}; choose from {ALL_KINDS} ({KINDS})")
-            results["servers"][kind] = run_kind(kind, model_dir, workload, cfg)
+            results["servers"][kind] = run_kind(kind, model_dir, workload, cfg,
+                                                not a.no_core_replay)
             if "error" in results["servers"][kind]:
                 print(f"{kind}: {results['servers'][kind]['error'][:300]}", file=sys.stderr)
     results["headline"] = headline(results)
@@ -248,6 +276,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             f"{key}_over_naive": over("naive"),
             f"max_throughput_{key}_over_naive": _max_ratio(servers, kind, "naive"),
             f"{key}_over_infinity": over("infinity"),
+            f"{key}_over_core_same_batches":
+                servers.get(kind, {}).get("core_replay", {}).get("server_over_core_throughput"),
         }
 
     return {

@@ -1,8 +1,17 @@
 """What the benchmark reads from the server side: batch/padding counters, CPU time, machine.
 
 * ``scrape_batch_stats(base)``: modserve's Prometheus counters (``modserve_tokens_real_total``,
-  ``modserve_tokens_padded_total``, ``modserve_batch_size`` sum/count) or a peer's ``/stats``
-  JSON with the same four numbers; ``{}`` when the server exposes neither.
+  ``modserve_tokens_padded_total``, ``modserve_batch_size`` sum/count, and the model's
+  forward time ``modserve_inference_duration_seconds_sum``) or a peer's ``/stats`` JSON
+  with the same four numbers; ``{}`` when the server exposes neither.
+* ``batch_stats_delta(before, after, wall_s)``: padding ratio and mean batch size between
+  two scrapes, and, where the forward time is exposed, the **serving efficiency**: seconds
+  the model core ran / wall seconds. The core ran exactly the server's batches in that
+  time, so this is the server's throughput over the core's throughput on the same batch
+  composition (1.0 = the serving layer costs nothing; at saturation, 1 - it is what HTTP,
+  tokenisation and batching cost). Core time measured inside the server includes any
+  slowdown from sharing the cores with the serving threads, so ``core_padded_tokens_per_s``
+  is reported too, for comparison with ``benchmarks.model_core`` on an idle core.
 * ``ProcessTreeCpu(pid)``: user+system CPU seconds of a process and all its descendants
   (psutil if installed, else /proc), so Ray's worker processes are counted too.
 """
@@ -26,6 +35,7 @@ _PROM = {
     "sequences": "modserve_batch_size_sum",
     "batches": "modserve_batch_size_count",
 }
+_PROM_OPTIONAL = {"model_seconds": "modserve_inference_duration_seconds_sum"}
 
 
 def _sum_metric(text: str, name: str) -> float:
@@ -33,8 +43,21 @@ def _sum_metric(text: str, name: str) -> float:
     return sum(float(m.group(2)) for m in pat.finditer(text))
 
 
-def scrape_batch_stats(base_url: str) -> dict[str, float]:
-    """Cumulative {real_tokens, padded_tokens, sequences, batches} or {} if not exposed."""
+def _per_bucket(text: str) -> dict[int, list[float]]:
+    """{bucket length: [batches, sequences]} from modserve's per-bucket batch-size histogram."""
+    out: dict[int, list[float]] = {}
+    pat = re.compile(
+        r'^modserve_batch_size_(count|sum)\{[^}]*bucket="(\d+)"[^}]*\}\s+([0-9.eE+-]+)$', re.M
+    )
+    for m in pat.finditer(text):
+        row = out.setdefault(int(m.group(2)), [0.0, 0.0])
+        row[0 if m.group(1) == "count" else 1] += float(m.group(3))
+    return out
+
+
+def scrape_batch_stats(base_url: str) -> dict[str, Any]:
+    """Cumulative {real_tokens, padded_tokens, sequences, batches} or {} if not exposed;
+    modserve adds ``model_seconds`` and ``per_bucket`` ({bucket: [batches, sequences]})."""
     try:
         r = httpx.get(base_url + "/stats", timeout=5)
         if r.status_code == 200:
@@ -42,18 +65,36 @@ def scrape_batch_stats(base_url: str) -> dict[str, float]:
             return {k: float(data[k]) for k in _PROM}
         r = httpx.get(base_url + "/metrics", timeout=5)
         if r.status_code == 200 and _PROM["padded_tokens"] in r.text:
-            return {k: _sum_metric(r.text, v) for k, v in _PROM.items()}
+            found = {k: v for k, v in _PROM_OPTIONAL.items() if v in r.text}
+            stats: dict[str, Any] = {
+                k: _sum_metric(r.text, v) for k, v in {**_PROM, **found}.items()
+            }
+            stats["per_bucket"] = _per_bucket(r.text)
+            return stats
     except (httpx.HTTPError, ValueError, KeyError):
         pass
     return {}
 
 
-def batch_stats_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """Mean batch size and padding ratio (padded / real tokens, 1.0 = no padding) in between."""
+def batch_stats_delta(before: dict[str, Any], after: dict[str, Any],
+                      wall_s: float | None = None) -> dict[str, Any]:
+    """Mean batch size, padding ratio (padded / real tokens, 1.0 = no padding) in between;
+    serving efficiency (core seconds / ``wall_s``) when the server exposes its forward time."""
     if not before or not after:
-        return {"padding_ratio": None, "mean_batch_size": None}
+        return {"padding_ratio": None, "mean_batch_size": None, "serving_efficiency": None}
     d = {k: after[k] - before[k] for k in _PROM}
+    core_s = (after["model_seconds"] - before["model_seconds"]
+              if "model_seconds" in before and "model_seconds" in after else None)
+    prev = before.get("per_bucket", {})
+    per_bucket = {b: [n - prev.get(b, [0.0, 0.0])[0], q - prev.get(b, [0.0, 0.0])[1]]
+                  for b, (n, q) in after.get("per_bucket", {}).items()}
     return {
+        "serving_efficiency": round(core_s / wall_s, 3) if core_s is not None and wall_s
+        else None,
+        "core_padded_tokens_per_s": round(d["padded_tokens"] / core_s) if core_s else None,
+        "wall_s": round(wall_s, 3) if wall_s else None,
+        # {bucket length: [batches, sequences]} run in between: the batch composition
+        "per_bucket": {b: v for b, v in per_bucket.items() if v[0] > 0},
         "padding_ratio": round(d["padded_tokens"] / d["real_tokens"], 3)
         if d["real_tokens"]
         else None,

@@ -86,18 +86,20 @@ def _title(results: dict[str, Any]) -> str:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """Per server: max inputs/s, knee, p50/p99 there, goodput under SLO, padding ratio."""
+    """Per server: max inputs/s, knee, p50/p99 there, goodput under SLO, padding ratio,
+    server throughput over the model core's alone on the same batches (best closed-loop
+    point, ``benchmarks.core_replay``)."""
     slo = results["config"]["slo_p99_ms"]
     rows = [
         f"| server | max inputs/s | knee (req/s offered) | p50 / p99 at knee, all (ms) | "
         f"p99 at knee, interactive (ms) | goodput inputs/s (p99 ≤ {slo:.0f} ms) | "
-        f"padding ratio | server CPU (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"padding ratio | server ÷ core, same batches | server CPU (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in results["servers"].items():
         sw = s.get("sweep")
         if not sw:
-            rows.append(f"| {name} | n/a: {s.get('error', 'not run')[:80]} | | | | | | |")
+            rows.append(f"| {name} | n/a: {s.get('error', 'not run')[:80]} | | | | | | | |")
             continue
         k = sw["knee"]
         knee = f"{k['offered_rps']:g}" if k else "none"
@@ -105,9 +107,10 @@ def markdown_table(results: dict[str, Any]) -> str:
         inter = f"{k['interactive_latency_ms']['p99']:g}" if k else "-"
         pad = s.get("padding_ratio")
         cpu = s.get("cpu_cores_used_at_max")
+        eff = s.get("core_replay", {}).get("server_over_core_throughput")
         rows.append(
             f"| {name} | {sw['max_inputs_per_s']:g} | {knee} | {lat} | {inter} | "
             f"{sw['goodput_inputs_per_s']:g} | {pad if pad is not None else 'n/a'} | "
-            f"{cpu if cpu is not None else 'n/a'} |"
+            f"{eff if eff is not None else 'n/a'} | {cpu if cpu is not None else 'n/a'} |"
         )
     return "\n".join(rows)

@@ -57,7 +57,7 @@ async def _measure(coro: Any, base_url: str, cpu: ProcessTreeCpu | None) -> dict
     wall = time.perf_counter() - t0
     out = res.summary()
     out["client_cpu_cores_used"] = round((time.process_time() - client0) / wall, 2)
-    out["server"] = batch_stats_delta(before, scrape_batch_stats(base_url))
+    out["server"] = batch_stats_delta(before, scrape_batch_stats(base_url), wall)
     out["server"]["cpu_cores_used"] = round((cpu.cpu_s() - cpu0) / wall, 2) if cpu else None
     return out
 
@@ -125,6 +125,8 @@ def headline(
             "padding_ratio": knee["server"]["padding_ratio"],
             "mean_batch_size": knee["server"]["mean_batch_size"],
         },
+        # server throughput / core throughput on the same batches, at max throughput
+        "serving_efficiency_at_max": best["server"].get("serving_efficiency"),
         "goodput_inputs_per_s": good["inputs_per_s"] if good else 0.0,
         "slo_p99_ms": cfg.slo_p99_ms,
         "slo_on": cfg.slo_on,

@@ -164,11 +164,9 @@ class Engine:
     async def _run_batch(self, batch: Batch, slots: asyncio.Semaphore) -> None:
         loop = asyncio.get_running_loop()
         try:
-            t0 = time.perf_counter()
-            out = await loop.run_in_executor(
-                self._core_pool, self._forward, [s.ids for s in batch.items], batch.bucket
+            out, infer_s = await loop.run_in_executor(
+                self._core_pool, self._timed_forward, [s.ids for s in batch.items], batch.bucket
             )
-            infer_s = time.perf_counter() - t0
         except Exception as e:  # all-or-nothing: every request of the batch gets the error
             log.exception("inference failed for a batch of %d", len(batch.items))
             self.batcher.fail(batch, InferenceFailed(f"Inference failed: {type(e).__name__}."))
@@ -180,6 +178,13 @@ class Engine:
             (out[i], batch.cut_at - s.enqueued, infer_s) for i, s in enumerate(batch.items)
         ]
         self.batcher.complete(batch, results)
+
+    def _timed_forward(self, seqs: list[list[int]], bucket: int) -> tuple[np.ndarray, float]:
+        """Core thread: ``_forward`` and its duration, timed here so that the time a batch
+        waits for the core thread (``PIPELINE_DEPTH`` > 1) is not counted as model time."""
+        t0 = time.perf_counter()
+        out = self._forward(seqs, bucket)
+        return out, time.perf_counter() - t0
 
     def _forward(self, seqs: list[list[int]], bucket: int) -> np.ndarray:
         """Core thread: pad to the bucket, run the model, return (n, L) fp32 scores."""
@@ -195,7 +200,7 @@ class Engine:
     # -- metrics ----------------------------------------------------------------------------
     def _record_batch(self, batch: Batch, infer_s: float) -> None:
         m, n = self.metrics, self.name
-        m.batch_size.labels(n).observe(len(batch.items))
+        m.batch_size.labels(n, str(batch.bucket)).observe(len(batch.items))
         m.batch_tokens.labels(n).observe(batch.padded_tokens)
         m.real_tokens.labels(n).inc(batch.real_tokens)
         m.padded_tokens.labels(n).inc(batch.padded_tokens)

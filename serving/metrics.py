@@ -52,7 +52,7 @@ class Metrics:
         self.batch_size = Histogram(
             "modserve_batch_size",
             "Sequences per forward pass",
-            ["model"],
+            ["model", "bucket"],
             buckets=_SIZE_BUCKETS,
             registry=r,
         )

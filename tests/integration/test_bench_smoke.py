@@ -44,4 +44,23 @@ def test_load_generator_closed_and_open_loop(server: ServerProcess, tiny_repo: P
         assert point["inputs_per_s"] > 0 and point["tokens_per_s"] > 0
     assert s["padding_ratio"] >= 1.0 and s["mean_batch_size"] >= 1.0
     assert s["cpu_cores_used_at_max"] > 0
+    # the model core ran for part of every point's wall time, never more than all of it
+    for point in sweep["closed_loop"] + sweep["open_loop"]:
+        assert 0.0 < point["server"]["serving_efficiency"] <= 1.0
+        assert point["server"]["core_padded_tokens_per_s"] > 0
+    assert sweep["serving_efficiency_at_max"] is not None
     assert sweep["max_inputs_per_s"] > 0 and "knee" in sweep
+
+
+def test_core_replay_times_the_servers_batch_composition(tiny_repo: Path) -> None:
+    from benchmarks.core_replay import isolated_core_seconds
+
+    # JSON round trip turns bucket keys into strings: both work
+    out = isolated_core_seconds(tiny_repo / "tiny", "float32",
+                                {"16": [3.0, 6.0], 32: [1.0, 1.0]}, min_time_s=0.05)
+    rows = {r["bucket"]: r for r in out["buckets"]}
+    assert (rows[16]["batches"], rows[16]["batch_size"]) == (3, 2)  # mean of 6 over 3 batches
+    assert (rows[32]["batches"], rows[32]["batch_size"]) == (1, 1)
+    expected = sum(r["batches"] * r["ms_per_batch"] for r in rows.values()) / 1e3
+    assert out["core_seconds"] == pytest.approx(expected, abs=2e-3)
+    assert out["core_seconds"] > 0

@@ -94,7 +94,7 @@ def test_client_that_hangs_up_is_dropped_before_the_model(tiny_repo: Path):
                 break
             time.sleep(0.1)
         assert 'reason="cancelled"} 1.0' in metrics
-        assert 'modserve_batch_size_count{model="tiny"}' not in metrics  # no batch ever ran
+        assert "modserve_batch_size_count{" not in metrics  # no batch ever ran
         assert httpx.post(s.base + "/v1/moderations", json={"input": "still fine"},
                           timeout=30).status_code == 200
     finally:
