@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rate-fractions",
         type=_floats,
-        default=(0.3, 0.6, 0.8, 1.0, 1.2),
+        default=SweepConfig.rate_fractions,
         help="open-loop rates as fractions of the best closed-loop rate",
     )
     p.add_argument(
