@@ -26,7 +26,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.loadgen import GrpcTarget, HttpTarget, Target
 from benchmarks.probes import batch_stats_delta, machine_info, scrape_batch_stats
-from benchmarks.servers import KINDS, start_server
+from benchmarks.servers import KINDS, MODSERVE_DTYPE_BY_KIND, start_server
 from benchmarks.sweep import SweepConfig, run_sweep
 from benchmarks.workload import describe, make_requests, token_counts
 
@@ -139,9 +139,6 @@ async def _sweep_target(
     }
 
 
-CORE_REPLAY_DTYPE = {"modserve": "auto", "modserve-grpc": "auto", "modserve-int8": "int8"}
-
-
 def run_kind(
     kind: str, model_dir: Path, workload: tuple[list[Any], list[int]], cfg: SweepConfig,
     core_replay: bool = True,
@@ -174,8 +171,10 @@ def run_kind(
         return {"error": f"{type(e).__name__}: {e}"[:4000], "log_tail": server.log_tail()}
     finally:
         server.stop()
-    if kind in CORE_REPLAY_DTYPE and core_replay:  # the cores are idle again
-        out["core_replay"] = replay_best_point(out["sweep"], model_dir, CORE_REPLAY_DTYPE[kind])
+    if launch in MODSERVE_DTYPE_BY_KIND and core_replay:  # the cores are idle again
+        out["core_replay"] = replay_best_point(
+            out["sweep"], model_dir, MODSERVE_DTYPE_BY_KIND[launch]
+        )
     return {"ready_s": round(ready_s, 1), **out}
 
 

@@ -5,13 +5,12 @@
   forward time ``modserve_inference_duration_seconds_sum``) or a peer's ``/stats`` JSON
   with the same four numbers; ``{}`` when the server exposes neither.
 * ``batch_stats_delta(before, after, wall_s)``: padding ratio and mean batch size between
-  two scrapes, and, where the forward time is exposed, the **serving efficiency**: seconds
-  the model core ran / wall seconds. The core ran exactly the server's batches in that
-  time, so this is the server's throughput over the core's throughput on the same batch
-  composition (1.0 = the serving layer costs nothing; at saturation, 1 - it is what HTTP,
-  tokenisation and batching cost). Core time measured inside the server includes any
-  slowdown from sharing the cores with the serving threads, so ``core_padded_tokens_per_s``
-  is reported too, for comparison with ``benchmarks.model_core`` on an idle core.
+  two scrapes, the batch composition (``per_bucket``), and, where the forward time is
+  exposed, ``serving_efficiency`` = seconds the model core ran / wall seconds, i.e. the
+  **core busy fraction** (1.0 = the core never waited for the serving layer). It does not
+  see the core running *slower* because it shares the cores with the serving threads;
+  ``core_padded_tokens_per_s`` shows that, and ``benchmarks.core_replay`` turns the
+  composition into the server-over-core throughput ratio against an idle core.
 * ``ProcessTreeCpu(pid)``: user+system CPU seconds of a process and all its descendants
   (psutil if installed, else /proc), so Ray's worker processes are counted too.
 """

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 RAY_KINDS = ("modserve-ray", "ray-batch")
+MODSERVE_DTYPE_BY_KIND = {"modserve": "auto", "modserve-int8": "int8"}  # single-process kinds
 KINDS = ("modserve", "modserve-int8", "modserve-ray", "naive", "ray-batch", "infinity")
 READY_TIMEOUT_S = 240.0  # Ray start + model load + warm-up on a busy 2-core machine
 STOP_TIMEOUT_S = 30.0
@@ -99,7 +100,7 @@ def start_server(kind: str, model_dir: Path, env: dict[str, str] | None = None) 
     }
     py = sys.executable
     grpc_url, ready = None, "/ready"
-    if kind in ("modserve", "modserve-int8"):
+    if kind in MODSERVE_DTYPE_BY_KIND:
         grpc_port = free_port()
         grpc_url = f"127.0.0.1:{grpc_port}"
         full_env.update(
@@ -110,7 +111,7 @@ def start_server(kind: str, model_dir: Path, env: dict[str, str] | None = None) 
                 "MODSERVE_PORT": str(port),
                 "MODSERVE_GRPC_PORT": str(grpc_port),
                 "MODSERVE_LOG_LEVEL": "warning",
-                "MODSERVE_DTYPE": "int8" if kind == "modserve-int8" else "auto",
+                "MODSERVE_DTYPE": MODSERVE_DTYPE_BY_KIND[kind],
             }
         )
         argv = [py, "-m", "serving.cli", "serve"]

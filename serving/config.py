@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     int8_compile: bool = Field(
         True,
         description="CPU int8 only: compile the W8A8 encoder with torch.compile (about 2x "
-        "fp32; 30-70 s more start-up, needs g++). false = same scores at about fp32 speed.",
+        "fp32; 40-110 s more start-up on 2 cores, needs g++). false = same scores at about "
+        "fp32 speed.",
     )
     cpu_threads: int = Field(
         0, ge=0, description="torch intra-op threads for the model on CPU; 0 = torch default."

@@ -108,6 +108,7 @@ def save_weights(model: ModerationModel, version_dir: Path, dtype: torch.dtype) 
     for k, v in model.classifier.state_dict().items():
         state[HEAD_PREFIX + k] = v.detach().to(torch.float32).contiguous()
     save_file(state, str(version_dir / WEIGHTS_FILE))
+    (version_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; keep it readable
 
 
 def load_model(model_dir: Path, device: str = "cpu", dtype: str = "auto",

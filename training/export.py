@@ -54,7 +54,6 @@ def write_model_dir(
     vdir = cfg.version_dir(model_dir)
     vdir.mkdir(parents=True, exist_ok=True)
     save_weights(model, vdir, weight_dtype)
-    (vdir / "model.safetensors").chmod(0o644)  # safetensors writes 0600; keep it readable
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True, use_fast=True)
     tok.save_pretrained(str(vdir))
     save_model_config(cfg, model_dir)
