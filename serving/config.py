@@ -54,7 +54,17 @@ class Settings(BaseSettings):
         "fp32 speed.",
     )
     cpu_threads: int = Field(
-        0, ge=0, description="torch intra-op threads for the model on CPU; 0 = torch default."
+        0,
+        ge=0,
+        description="torch threads per CPU worker; 0 = an equal share of the cores.",
+    )
+    cpu_workers: int = Field(
+        2,
+        ge=1,
+        description="CPU only: core threads, each running its own batch (capped at the "
+        "cores). 1 = every core on one batch: lowest latency when idle. More = throughput "
+        "when the cores are shared with HTTP and tokenizer threads (no OpenMP thread waits on "
+        "a preempted sibling, one batch runs while another holds the GIL).",
     )
 
     # --- batching ------------------------------------------------------------------------------

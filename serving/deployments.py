@@ -26,7 +26,7 @@ from serving.ensemble import EnsembleConfig, EnsembleEngine, plan_models
 from serving.errors import ModerationError, NotReady, Overloaded
 from serving.metrics import Metrics
 from serving.model import load_model
-from serving.registry import resolve_engine
+from serving.registry import apply_cpu_layout, resolve_engine
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,11 @@ class ClassifierReplica:
     def __init__(self, model_name: str, settings: dict[str, Any]) -> None:
         self.settings = Settings(**settings)
         self.model_name = model_name
-        loaded = load_model(self.settings.model_repo / model_name,
-                            self.settings.resolved_device(), self.settings.dtype,
+        device = self.settings.resolved_device()
+        workers = apply_cpu_layout(self.settings) if device == "cpu" else 1
+        loaded = load_model(self.settings.model_repo / model_name, device, self.settings.dtype,
                             self.settings.int8_compile)
-        self.engine = Engine(loaded, self.settings, Metrics())
+        self.engine = Engine(loaded, self.settings, Metrics(), core_workers=workers)
         self._started: asyncio.Task[None] | None = None
 
     async def _ensure_started(self) -> None:

@@ -2,7 +2,8 @@
 
 The one entry point is ``Engine.classify(texts)``. Stages overlap: requests are
 tokenized on a thread pool as they arrive, the batch loop cuts batch n+1 while
-the core thread runs batch n (at most ``PIPELINE_DEPTH`` batches in flight),
+the core thread runs batch n (one batch ready ahead of the core threads: on CPU
+``MODSERVE_CPU_WORKERS`` core threads each run their own batch),
 and post-processing runs on the event loop when a request's sequences are
 back. Nothing here knows about HTTP, gRPC or Ray.
 """
@@ -29,7 +30,7 @@ from serving.tokenization import ChunkingTokenizer, TextTooLongError, bucket_for
 
 log = logging.getLogger(__name__)
 
-PIPELINE_DEPTH = 2  # batches cut ahead of the device: 1 running + 1 ready
+READY_AHEAD = 1  # batches cut ahead of the core threads: each running one, plus this many
 
 
 @dataclass
@@ -53,7 +54,11 @@ class ClassifyResult:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, loaded: LoadedModel, settings: Settings, metrics: Metrics, core_workers: int = 1
+    ) -> None:
+        """``core_workers``: threads running batches concurrently (CPU: from
+        ``registry.apply_cpu_layout``; a GPU runs one stream: 1)."""
         self.loaded = loaded
         self.name = loaded.name
         self.settings = settings
@@ -74,7 +79,10 @@ class Engine:
             on_drop=self._on_drop,
         )
         self._pre_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-pre")
-        self._core_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-core")
+        self.core_workers = core_workers
+        self._core_pool = ThreadPoolExecutor(
+            self.core_workers, thread_name_prefix=f"{self.name}-core"
+        )
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self.ready = False
@@ -148,7 +156,7 @@ class Engine:
 
     # -- batch loop and core ----------------------------------------------------------------
     async def _batch_loop(self) -> None:
-        slots = asyncio.Semaphore(PIPELINE_DEPTH)
+        slots = asyncio.Semaphore(self.core_workers + READY_AHEAD)
         while True:
             await slots.acquire()
             try:
@@ -181,7 +189,7 @@ class Engine:
 
     def _timed_forward(self, seqs: list[list[int]], bucket: int) -> tuple[np.ndarray, float]:
         """Core thread: ``_forward`` and its duration, timed here so that the time a batch
-        waits for the core thread (``PIPELINE_DEPTH`` > 1) is not counted as model time."""
+        waits for a core thread (the batch cut ahead) is not counted as model time."""
         t0 = time.perf_counter()
         out = self._forward(seqs, bucket)
         return out, time.perf_counter() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
@@ -17,6 +18,23 @@ from serving.model import load_model
 
 log = logging.getLogger(__name__)
 E = TypeVar("E")
+
+
+def apply_cpu_layout(settings: Settings) -> int:
+    """Set torch's threads for CPU models; return how many core threads (workers) to run.
+
+    Call before any model is built or compiled: compiled int8 kernels keep the thread count
+    they were compiled with. The cores are ``OMP_NUM_THREADS`` if set (Ray sets it to a
+    replica's ``num_cpus``), else the CPUs this process may run on. Workers are capped at
+    the cores; each gets ``MODSERVE_CPU_THREADS`` threads, or an equal share of the cores.
+    """
+    import torch
+
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    cores = int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+    workers = max(1, min(settings.cpu_workers, cores))
+    torch.set_num_threads(settings.cpu_threads or max(1, cores // workers))
+    return workers
 
 
 class ModelRegistry:
@@ -35,10 +53,7 @@ class ModelRegistry:
     async def start(self) -> None:
         """Load and warm every configured model (in a thread: the event loop keeps answering)."""
         device = self.settings.resolved_device()
-        if device == "cpu" and self.settings.cpu_threads:
-            import torch
-
-            torch.set_num_threads(self.settings.cpu_threads)
+        workers = apply_cpu_layout(self.settings) if device == "cpu" else 1
         repo = self.settings.model_repo
         for name in self.settings.model_names():
             if not (repo / name).is_dir():
@@ -52,7 +67,7 @@ class ModelRegistry:
             loaded = await asyncio.to_thread(
                 load_model, repo / name, device, self.settings.dtype, self.settings.int8_compile
             )
-            engine = Engine(loaded, self.settings, self.metrics)
+            engine = Engine(loaded, self.settings, self.metrics, core_workers=workers)
             await engine.start()
             self.engines[name] = engine
             log.info("model %s ready (%s, %s)", name, device, loaded.dtype)

@@ -23,15 +23,16 @@ TEXTS = [
 ]
 
 
-async def started(repo: Path, **overrides) -> Engine:
+async def started(repo: Path, core_workers: int = 1, **overrides) -> Engine:
     settings = Settings(model_repo=repo, model="tiny", **overrides)
-    engine = Engine(load_model(repo / "tiny"), settings, Metrics())
+    engine = Engine(load_model(repo / "tiny"), settings, Metrics(), core_workers=core_workers)
     await engine.start()
     return engine
 
 
-async def test_batched_equals_unbatched(tiny_repo: Path):
-    engine = await started(tiny_repo, max_batch_wait_ms=50)
+@pytest.mark.parametrize("core_workers", [1, 2])
+async def test_batched_equals_unbatched(tiny_repo: Path, core_workers: int):
+    engine = await started(tiny_repo, core_workers, max_batch_wait_ms=50)
     try:
         alone = [await engine.classify([t]) for t in TEXTS]
         together = await asyncio.gather(*(engine.classify([t]) for t in TEXTS))
