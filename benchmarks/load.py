@@ -188,11 +188,14 @@ def replay_best_point(sweep: dict[str, Any], model_dir: Path, dtype: str) -> dic
     if not server.get("per_bucket") or not server.get("wall_s"):
         return {"error": "the server exposed no per-bucket batch counters"}
     core = isolated_core_seconds(model_dir, dtype, server["per_bucket"])
+    ratio = core["core_seconds"] / server["wall_s"]
     return {
         "concurrency": best["concurrency"],
         "wall_s": server["wall_s"],
         **core,
-        "server_over_core_throughput": round(core["core_seconds"] / server["wall_s"], 3),
+        "server_over_core_throughput": round(ratio, 3),
+        # What the model alone would sustain on these batches: the ceiling for any server.
+        "core_only_inputs_per_s": round(best["inputs_per_s"] / ratio, 1) if ratio else None,
     }
 
 
@@ -253,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 def headline(results: dict[str, Any]) -> dict[str, Any]:
     """modserve goodput / best peer goodput at p99 <= SLO; padding vs ray @serve.batch.
 
+    ``core_ceiling_*_over_naive``: the model core alone on modserve's batches, over the naive
+    server's max throughput: no serving layer can beat that ratio on this machine.
+
     The same ratios for ``modserve-int8`` (prefix ``modserve_int8``) when it was measured.
     """
     servers = results["servers"]
@@ -265,6 +271,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
 
     def ratios(kind: str) -> dict[str, Any]:
         g, key = good(kind), kind.replace("-", "_")
+        replay = servers.get(kind, {}).get("core_replay", {})
 
         def over(peer: str | None) -> float | None:
             return round(g / peers[peer], 2) if peer in peers else None
@@ -275,8 +282,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             f"{key}_over_naive": over("naive"),
             f"max_throughput_{key}_over_naive": _max_ratio(servers, kind, "naive"),
             f"{key}_over_infinity": over("infinity"),
-            f"{key}_over_core_same_batches":
-                servers.get(kind, {}).get("core_replay", {}).get("server_over_core_throughput"),
+            f"{key}_over_core_same_batches": replay.get("server_over_core_throughput"),
+            f"core_ceiling_{key}_over_naive": _over_max(replay.get("core_only_inputs_per_s"),
+                                                        servers, "naive"),
         }
 
     return {
@@ -290,12 +298,13 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
 
 def _max_ratio(servers: dict[str, Any], a: str, b: str) -> float | None:
     """Ratio of max inputs/s (any latency) of servers ``a`` and ``b``."""
-    try:
-        return round(
-            servers[a]["sweep"]["max_inputs_per_s"] / servers[b]["sweep"]["max_inputs_per_s"], 2
-        )
-    except (KeyError, ZeroDivisionError):
-        return None
+    return _over_max(servers.get(a, {}).get("sweep", {}).get("max_inputs_per_s"), servers, b)
+
+
+def _over_max(inputs_per_s: float | None, servers: dict[str, Any], b: str) -> float | None:
+    """``inputs_per_s`` over server ``b``'s max inputs/s (None when either is missing)."""
+    b_max = servers.get(b, {}).get("sweep", {}).get("max_inputs_per_s")
+    return round(inputs_per_s / b_max, 2) if inputs_per_s and b_max else None
 
 
 if __name__ == "__main__":

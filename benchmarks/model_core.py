@@ -43,6 +43,7 @@ from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
 from benchmarks._models import load_for_bench, packaged_encoder_dir, version_dir
+from benchmarks.probes import cpu_model
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_PRECISIONS = {"cpu": "float32,int8", "cuda": "float16,bfloat16"}
@@ -65,16 +66,6 @@ class Point:
 
 
 # -- device facts -----------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def device_slug(device: str) -> str:
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{os.cpu_count()}c"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

@@ -64,3 +64,19 @@ def test_core_replay_times_the_servers_batch_composition(tiny_repo: Path) -> Non
     expected = sum(r["batches"] * r["ms_per_batch"] for r in rows.values()) / 1e3
     assert out["core_seconds"] == pytest.approx(expected, abs=2e-3)
     assert out["core_seconds"] > 0
+
+
+def test_core_workers_compares_layouts_side_by_side(tiny_repo: Path, tmp_path: Path) -> None:
+    from benchmarks import core_workers
+
+    assert core_workers.main(["--model-dir", str(tiny_repo / "tiny"), "--dtypes", "float32",
+                              "--forwards", "4", "--batch", "2", "--length", "16",
+                              "--out-dir", str(tmp_path)]) == 0
+    (result,) = [json.loads(p.read_text()) for p in tmp_path.glob("core_workers-*.json")]
+    rows = result["rows"]
+    cores = result["machine"]["cores_used"]
+    layouts = {(r["workers"], r["threads_per_worker"], r["contender"]) for r in rows}
+    assert layouts == {(w, max(1, cores // w), c) for w in {1, cores} for c in (False, True)}
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+    assert all((r["contender_loops_per_s"] or 0) > 0 for r in rows if r["contender"])
+    assert list(tmp_path.glob("core_workers-*.png"))

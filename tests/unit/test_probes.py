@@ -42,3 +42,29 @@ def test_per_bucket_composition_from_prometheus_text() -> None:
     after = {"real_tokens": 1, "padded_tokens": 1, "sequences": 13, "batches": 5,
              "per_bucket": _per_bucket(text)}
     assert batch_stats_delta(before, after)["per_bucket"] == {16: [3.0, 8.0], 64: [1.0, 3.0]}
+
+
+def test_headline_ratios_by_hand() -> None:
+    from benchmarks.load import headline
+
+    def server(max_inputs: float, goodput: float, **extra: object) -> dict:
+        return {"sweep": {"max_inputs_per_s": max_inputs, "goodput_inputs_per_s": goodput},
+                **extra}
+
+    results = {"servers": {
+        "modserve-int8": server(240.0, 210.0, padding_ratio=1.3, core_replay={
+            "server_over_core_throughput": 0.96, "core_only_inputs_per_s": 250.0}),
+        "modserve": server(130.0, 80.0, padding_ratio=1.28),
+        "naive": server(100.0, 100.0),
+        "infinity": server(90.0, 70.0),
+        "ray-batch": server(60.0, 50.0, padding_ratio=2.8),
+    }}
+    h = headline(results)
+    assert h["best_peer"] == "naive"
+    assert h["modserve_int8_over_best_peer"] == 2.1  # 210 / 100 goodput
+    assert h["modserve_int8_over_infinity"] == 3.0  # 210 / 70
+    assert h["max_throughput_modserve_int8_over_naive"] == 2.4  # 240 / 100
+    assert h["core_ceiling_modserve_int8_over_naive"] == 2.5  # 250 / 100
+    assert h["modserve_int8_over_core_same_batches"] == 0.96
+    assert h["core_ceiling_modserve_over_naive"] is None  # no replay measured
+    assert h["padding_ratio_modserve"] == 1.28 and h["padding_ratio_ray_batch"] == 2.8
