@@ -70,9 +70,11 @@ class Engine:
         self.buckets = cfg.buckets_tokens
         self.post = PostProcessor(cfg)
         self.categories = self.post.categories
+        device = str(loaded.device).split(":")[0]
         self.batcher = TokenBudgetBatcher(
             self.buckets,
-            settings.max_batch_tokens,
+            max(settings.resolved_max_batch_tokens(device, torch.get_num_threads()),
+                self.buckets[-1]),
             settings.max_batch_size,
             settings.max_batch_wait_ms,
             settings.max_queue_tokens,

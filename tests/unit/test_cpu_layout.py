@@ -41,3 +41,18 @@ def test_without_omp_num_threads_the_usable_cpus_count(monkeypatch: pytest.Monke
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5})
     assert apply_cpu_layout(Settings(cpu_workers=2)) == 2
     assert torch.get_num_threads() == 3
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "threads", "expect"),
+    [
+        (0, "cpu", 1, 1024),  # auto on CPU: ~1024 tokens per thread of a worker
+        (0, "cpu", 4, 4096),
+        (0, "cuda", 1, 16384),  # auto on a GPU
+        (3000, "cpu", 2, 3000),  # an explicit budget wins
+    ],
+)
+def test_batch_token_budget_follows_the_device(setting: int, device: str, threads: int,
+                                               expect: int) -> None:
+    settings = Settings(max_batch_tokens=setting)
+    assert settings.resolved_max_batch_tokens(device, threads) == expect

@@ -115,3 +115,14 @@ async def test_cancelled_request_never_reaches_model(tiny_repo: Path):
         assert dropped == 1
     finally:
         await engine.stop()
+
+
+async def test_cpu_batch_token_budget_defaults_to_the_threads_per_worker(tiny_repo: Path):
+    import torch
+
+    engine = await started(tiny_repo)  # MODSERVE_MAX_BATCH_TOKENS unset: auto
+    try:
+        expect = max(1024 * torch.get_num_threads(), engine.buckets[-1])
+        assert engine.batcher.max_batch_tokens == expect
+    finally:
+        await engine.stop()
