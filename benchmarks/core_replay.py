@@ -2,9 +2,12 @@
 
 ``isolated_core_seconds(model_dir, dtype, per_bucket)`` loads the model in this process
 (the server must be stopped: the cores must be idle) and times, for every bucket length
-the server ran, one forward at that bucket's mean batch size (random token ids, full
+the server ran, forwards at that bucket's mean batch size (random token ids, full
 length: padding costs the same as real tokens), then multiplies by the number of batches
-of that bucket. ``server real tokens/s ÷ (real tokens / isolated core seconds)`` =
+of that bucket. The core runs in the server's CPU layout (``registry.apply_cpu_layout``:
+``MODSERVE_CPU_WORKERS`` threads, each running its own forwards with its share of the
+cores), so the serving layer is compared with the fastest the same core does alone.
+``server real tokens/s ÷ (real tokens / isolated core seconds)`` =
 ``isolated core seconds ÷ wall seconds`` is the server's throughput as a fraction of the
 model core's on the same batches: 1.0 = the serving layer (HTTP, JSON, tokenisation,
 batching, and the CPU they take from the core) costs nothing.
@@ -12,6 +15,9 @@ batching, and the CPU they take from the core) costs nothing.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +31,13 @@ MIN_TIME_S = 0.3  # timed per bucket; more = less noise
 def isolated_core_seconds(
     model_dir: Path, dtype: str, per_bucket: dict[Any, list[float]], min_time_s: float = MIN_TIME_S
 ) -> dict[str, Any]:
-    """{"core_seconds": total, "buckets": [{bucket, batches, batch_size, ms_per_batch}]}."""
+    """{"core_seconds": total, "workers": n, "buckets": [{bucket, batches, batch_size,
+    ms_per_batch}]}; ``ms_per_batch`` is wall time per batch with every worker busy."""
+    from serving.config import Settings
     from serving.model import load_model
+    from serving.registry import apply_cpu_layout
 
+    workers = apply_cpu_layout(Settings())  # before the model: int8 compiles for this layout
     loaded = load_model(model_dir, "cpu", dtype)
     vocab = int(loaded.model.encoder.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
@@ -42,8 +52,28 @@ def isolated_core_seconds(
                 return loaded.model(ids, mask).cpu()
 
         forward()  # int8: compiles here, outside the timing
-        _, seconds = time_fn(forward, "cpu", min_time_s)
+        seconds = seconds_per_batch(forward, workers, min_time_s)
         total += batches * seconds
         rows.append({"bucket": bucket, "batches": int(batches), "batch_size": size,
                      "ms_per_batch": round(seconds * 1e3, 2)})
-    return {"core_seconds": round(total, 3), "buckets": rows}
+    return {"core_seconds": round(total, 3), "workers": workers, "buckets": rows}
+
+
+def seconds_per_batch(forward: Callable[[], object], workers: int, min_time_s: float) -> float:
+    """Wall seconds per forward when ``workers`` threads each run forwards back to back."""
+    _, one = time_fn(forward, "cpu", min_time_s / 4)
+    if workers == 1:
+        return one
+    per_worker = max(2, round(min_time_s / one))
+
+    def work() -> None:
+        for _ in range(per_worker):
+            forward()
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (time.perf_counter() - t0) / (per_worker * workers)

@@ -134,6 +134,9 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         engine = reg.resolve(requested)
         metrics.requests.labels(engine.name).inc()
         result = await _until_disconnect(request, engine.classify(texts))
+        if result is None:  # nobody is listening: no body, and no error in the server log
+            log.info("client hung up before its answer; its sequences were dropped")
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         payload = build_response(
             engine.name, result.categories, result.scores, result.flags, result.extras
         )
@@ -197,8 +200,12 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     return app
 
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away first"
+
+
 async def _until_disconnect(request: Request, work: Any) -> Any:
-    """Run ``work``; if the client hangs up first, cancel it so its sequences are dropped."""
+    """Run ``work``; if the client hangs up first, cancel it (its sequences are dropped
+    before the model) and return None."""
     task = asyncio.ensure_future(work)
 
     async def disconnected() -> None:
@@ -216,5 +223,5 @@ async def _until_disconnect(request: Request, work: Any) -> Any:
     if not task.done():
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        raise asyncio.CancelledError("client disconnected")
+        return None
     return task.result()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import load
 from tests.helpers import ServerProcess
@@ -52,12 +54,21 @@ def test_load_generator_closed_and_open_loop(server: ServerProcess, tiny_repo: P
     assert sweep["max_inputs_per_s"] > 0 and "knee" in sweep
 
 
-def test_core_replay_times_the_servers_batch_composition(tiny_repo: Path) -> None:
+def test_core_replay_times_the_servers_batch_composition(
+    tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from benchmarks.core_replay import isolated_core_seconds
 
-    # JSON round trip turns bucket keys into strings: both work
-    out = isolated_core_seconds(tiny_repo / "tiny", "float32",
-                                {"16": [3.0, 6.0], 32: [1.0, 1.0]}, min_time_s=0.05)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MODSERVE_CPU_WORKERS", raising=False)
+
+    threads = torch.get_num_threads()  # the replay sets the server's CPU layout
+    try:  # JSON round trip turns bucket keys into strings: both work
+        out = isolated_core_seconds(tiny_repo / "tiny", "float32",
+                                    {"16": [3.0, 6.0], 32: [1.0, 1.0]}, min_time_s=0.05)
+    finally:
+        torch.set_num_threads(threads)
+    assert out["workers"] == min(2, len(os.sched_getaffinity(0)))  # MODSERVE_CPU_WORKERS=2
     rows = {r["bucket"]: r for r in out["buckets"]}
     assert (rows[16]["batches"], rows[16]["batch_size"]) == (3, 2)  # mean of 6 over 3 batches
     assert (rows[32]["batches"], rows[32]["batch_size"]) == (1, 1)

@@ -97,5 +97,8 @@ def test_client_that_hangs_up_is_dropped_before_the_model(tiny_repo: Path):
         assert "modserve_batch_size_count{" not in metrics  # no batch ever ran
         assert httpx.post(s.base + "/v1/moderations", json={"input": "still fine"},
                           timeout=30).status_code == 200
+        s.stop()
+        log = s.proc.stdout.read().decode() if s.proc.stdout else ""
+        assert "Traceback" not in log and "ERROR" not in log, log[-2000:]  # a hang-up is no error
     finally:
         s.stop()
