@@ -45,10 +45,12 @@ class ModelRegistry:
         self.created = int(time.time())
         self.default = settings.model
         self.load_error: str | None = None
+        self._all_loaded = False
 
     @property
     def ready(self) -> bool:
-        return bool(self.engines) and all(e.ready for e in self.engines.values())
+        """Every configured model is loaded and warm (not just the first ones)."""
+        return self._all_loaded and all(e.ready for e in self.engines.values())
 
     async def start(self) -> None:
         """Load and warm every configured model (in a thread: the event loop keeps answering)."""
@@ -74,6 +76,7 @@ class ModelRegistry:
         for name, cfg in ensembles.items():
             self.engines[name] = EnsembleEngine(cfg, {m: self.engines[m] for m in cfg.members})
             log.info("ensemble %s ready (members %s)", name, list(cfg.members))
+        self._all_loaded = True
         self.metrics.ready.set(1)
 
     async def stop(self) -> None:
