@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,16 +83,24 @@ class ServerProcess:
                     "MODSERVE_MODEL": model, "MODSERVE_HOST": "127.0.0.1",
                     "MODSERVE_PORT": str(self.port), "MODSERVE_CPU_THREADS": "1",
                     "MODSERVE_GRPC_PORT": str(self.grpc_port), **env}
+        # A file, not a pipe: nobody drains a pipe while the server runs, and a full one
+        # (64 KB of log) would block the server.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
         self.proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve"],
-                                     env=full_env, stdout=subprocess.PIPE,
+                                     env=full_env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        """Everything the server has printed so far (stdout and stderr)."""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
         t_end = time.monotonic() + timeout_s
         while time.monotonic() < t_end:
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{out}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
                     return
