@@ -65,6 +65,12 @@ def seconds_per_batch(forward: Callable[[], object], workers: int, min_time_s: f
     if workers == 1:
         return one
     per_worker = max(2, round(min_time_s / one))
+    return wall_seconds_on_threads(forward, workers, per_worker) / (per_worker * workers)
+
+
+def wall_seconds_on_threads(forward: Callable[[], object], workers: int, per_worker: int) -> float:
+    """Wall seconds for ``workers`` threads each calling ``forward`` ``per_worker`` times,
+    as the engine's core threads do."""
 
     def work() -> None:
         for _ in range(per_worker):
@@ -76,4 +82,4 @@ def seconds_per_batch(forward: Callable[[], object], workers: int, min_time_s: f
         t.start()
     for t in threads:
         t.join()
-    return (time.perf_counter() - t0) / (per_worker * workers)
+    return time.perf_counter() - t0

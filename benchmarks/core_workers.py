@@ -38,12 +38,14 @@ def measure(model_dir: Path, dtype: str, workers: int, release_gil: bool, conten
     import torch
 
     from benchmarks._models import load_for_bench
+    from benchmarks.core_replay import wall_seconds_on_threads
     from serving import quantize
+    from serving.config import Settings
+    from serving.registry import apply_cpu_layout
 
     if not release_gil:
         quantize.release_gil_in_inductor_kernels = lambda: False
-    cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, cores // workers))
+    apply_cpu_layout(Settings(cpu_workers=workers, cpu_threads=0))  # as the server does
     loaded = load_for_bench(model_dir, "cpu", dtype)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, int(loaded.model.encoder.config.vocab_size), (batch, length),
@@ -66,19 +68,11 @@ def measure(model_dir: Path, dtype: str, workers: int, release_gil: bool, conten
             loops[0] += 1
             time.sleep(0.002)
 
-    def work(n: int) -> None:
-        for _ in range(n):
-            forward()
-
     side = threading.Thread(target=contend) if contender else None
-    threads = [threading.Thread(target=work, args=(forwards // workers,)) for _ in range(workers)]
     t0 = time.perf_counter()
     if side:
         side.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    wall_seconds_on_threads(forward, workers, forwards // workers)
     wall = time.perf_counter() - t0
     stop.set()
     if side:
@@ -170,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.length, args.forwards)))
         return 0
     from benchmarks.probes import machine_info
+    from benchmarks.report import save_json_and_plot
 
     if args.quick:
         args.dtypes, args.forwards = "int8", 8
@@ -185,11 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch, "length": args.length, "forwards": args.forwards,
         "model_dir": str(args.model_dir), "rows": rows,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"core_workers-{result['date'][:10]}" + ("-quick" if args.quick else "")
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(rows, args.out_dir / f"{stem}.png")
-    print(f"wrote {args.out_dir / stem}.json and .png")
+    save_json_and_plot(result, args.out_dir, stem, lambda path: plot(rows, path))
     return 0
 
 

@@ -44,6 +44,7 @@ from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
 from benchmarks._models import load_for_bench, packaged_encoder_dir, version_dir
 from benchmarks.probes import cpu_model
+from benchmarks.report import save_json_and_plot
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_PRECISIONS = {"cpu": "float32,int8", "cuda": "float16,bfloat16"}
@@ -332,13 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print(table(result["points"]))
     print(json.dumps({"peak_tflops": result["peak_tflops"], **result["headline"]}, indent=1))
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"model_core-{device_slug(args.device)}-{result['date'][:10]}"
     if args.quick:
         stem += "-quick"
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, args.out_dir / f"{stem}.png")
-    print(f"wrote {args.out_dir / stem}.json and .png")
+    save_json_and_plot(result, args.out_dir, stem, lambda path: plot(result, path))
     return 0
 
 

@@ -2,14 +2,25 @@
 
 ``write_results`` saves ``<out>/load-<UTC stamp>.json`` (+ ``latest-load.json``);
 ``plot`` saves latency vs offered load and throughput vs concurrency PNGs next to it;
-``markdown_table`` is the table pasted into the README.
+``markdown_table`` is the table pasted into the README. ``save_json_and_plot`` is the
+``<stem>.json`` + ``<stem>.png`` pair the other benchmarks write.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def save_json_and_plot(result: dict[str, Any], out_dir: Path, stem: str,
+                       plot_to: Callable[[Path], None]) -> None:
+    """Write ``<out_dir>/<stem>.json`` and the PNG ``plot_to`` draws at ``<stem>.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot_to(out_dir / f"{stem}.png")
+    print(f"wrote {out_dir / stem}.json and .png")
 
 
 def write_results(results: dict[str, Any], out_dir: Path, stamp: str) -> Path:

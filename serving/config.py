@@ -119,13 +119,19 @@ class Settings(BaseSettings):
     def model_names(self) -> list[str]:
         return [self.model, *[m for m in self.extra_models if m != self.model]]
 
-    def resolved_max_batch_tokens(self, device: str, threads_per_worker: int) -> int:
-        """``max_batch_tokens``, or its device default when 0 (see the field)."""
+    def resolved_max_batch_tokens(
+        self, device: str, threads_per_worker: int, largest_bucket: int = 1
+    ) -> int:
+        """``max_batch_tokens``, or its device default when 0 (see the field), raised to
+        hold one sequence of ``largest_bucket``. An explicit value is returned as set: one
+        below the largest bucket is the batcher's error to report."""
         if self.max_batch_tokens:
             return self.max_batch_tokens
         if device == "cpu":
-            return CPU_BATCH_TOKENS_PER_THREAD * max(1, threads_per_worker)
-        return GPU_BATCH_TOKENS
+            auto = CPU_BATCH_TOKENS_PER_THREAD * max(1, threads_per_worker)
+        else:
+            auto = GPU_BATCH_TOKENS
+        return max(auto, largest_bucket)
 
     def resolved_device(self) -> str:
         if self.device != "auto":

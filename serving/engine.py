@@ -73,8 +73,7 @@ class Engine:
         device = str(loaded.device).split(":")[0]
         self.batcher = TokenBudgetBatcher(
             self.buckets,
-            max(settings.resolved_max_batch_tokens(device, torch.get_num_threads()),
-                self.buckets[-1]),
+            settings.resolved_max_batch_tokens(device, torch.get_num_threads(), self.buckets[-1]),
             settings.max_batch_size,
             settings.max_batch_wait_ms,
             settings.max_queue_tokens,

@@ -44,15 +44,17 @@ def test_without_omp_num_threads_the_usable_cpus_count(monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize(
-    ("setting", "device", "threads", "expect"),
+    ("setting", "device", "threads", "largest_bucket", "expect"),
     [
-        (0, "cpu", 1, 1024),  # auto on CPU: ~1024 tokens per thread of a worker
-        (0, "cpu", 4, 4096),
-        (0, "cuda", 1, 16384),  # auto on a GPU
-        (3000, "cpu", 2, 3000),  # an explicit budget wins
+        (0, "cpu", 1, 256, 1024),  # auto on CPU: ~1024 tokens per thread of a worker
+        (0, "cpu", 4, 256, 4096),
+        (0, "cuda", 1, 256, 16384),  # auto on a GPU
+        (0, "cpu", 1, 2048, 2048),  # auto always holds one sequence of the largest bucket
+        (3000, "cpu", 2, 256, 3000),  # an explicit budget wins
+        (100, "cpu", 1, 256, 100),  # ...as set: too small is the batcher's error, not hidden
     ],
 )
 def test_batch_token_budget_follows_the_device(setting: int, device: str, threads: int,
-                                               expect: int) -> None:
+                                               largest_bucket: int, expect: int) -> None:
     settings = Settings(max_batch_tokens=setting)
-    assert settings.resolved_max_batch_tokens(device, threads) == expect
+    assert settings.resolved_max_batch_tokens(device, threads, largest_bucket) == expect
