@@ -167,7 +167,9 @@ def ship(
     source_counts: dict[str, int] = {}
     for e in val:
         source_counts[e.source] = source_counts.get(e.source, 0) + 1
+    by_source = M.flagged_by_source(y, s32, m, [e.source for e in val])
     out = {"fp32": rep32, "int8": rep8, "int8_gate": gate, "checkpoint": which,
+           "flagged_by_source": by_source,
            "validation_rows_per_source": source_counts, "run": run_info,
            "assumed_negative_flag_rate": bleed,
            "score_max_abs_diff_int8": float(np.abs(s32 - s8).max()) if len(s8) else 0.0}

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -103,6 +104,25 @@ def flagged_average_precision(
 ) -> float:
     truth, score = flagged_truth_and_score(labels, scores, mask, known_only)
     return average_precision(truth, score)
+
+
+def flagged_by_source(
+    labels: np.ndarray, scores: np.ndarray, mask: np.ndarray, sources: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Flagged AUPRC (known categories) within each source: where the mix is weak.
+
+    ``{source: {"rows", "positives", "auprc"}}``; AUPRC is NaN for a source without
+    both flagged and unflagged rows.
+    """
+    truth, score = flagged_truth_and_score(labels, scores, mask, True)
+    src = np.asarray(sources)[mask.sum(axis=1) > 0]  # the rows flagged_truth_and_score keeps
+    out: dict[str, dict[str, float]] = {}
+    for name in sorted(set(src.tolist())):
+        sel = src == name
+        t = truth[sel]
+        ap = average_precision(t, score[sel]) if 0 < t.sum() < len(t) else float("nan")
+        out[name] = {"rows": int(sel.sum()), "positives": int(t.sum()), "auprc": ap}
+    return out
 
 
 def mean_auprc(report: dict[str, dict[str, float]]) -> float:

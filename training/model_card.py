@@ -58,6 +58,14 @@ def _train_command(args: dict) -> str:
     parts += ["--data", *args.get("data", [])]
     parts += ["--sources-json", str(args.get("sources_json"))] if args.get("sources_json") else []
     parts += ["--run-dir", str(args.get("run_dir"))]
+    if args.get("init_from"):
+        parts += ["--init-from", str(args["init_from"])]
+    if args.get("bf16"):
+        parts += ["--bf16"]
+    if args.get("source_size_power", 0.5) != 0.5:
+        parts += ["--source-size-power", str(args["source_size_power"])]
+    if args.get("lr", 6e-5) != 6e-5:
+        parts += ["--lr", str(args["lr"])]
     parts += ["--max-minutes", str(args.get("max_minutes"))]
     parts += ["--warmup-steps", str(args.get("warmup_steps"))]
     parts += ["--eval-every-minutes", str(args.get("eval_every_minutes"))]
@@ -71,6 +79,30 @@ def _train_command(args: dict) -> str:
     if args.get("resume"):
         parts += ["--resume"] + (["--reset-best"] if args.get("reset_best") else [])
     return parts[0] + " " + " ".join(shlex.quote(p) for p in parts[1:])
+
+
+def _start(args: dict) -> str:
+    """Where the weights started and the step precision, for the procedure's first line."""
+    out = ""
+    if args.get("init_from"):
+        out += (f", **continued** from the exported model `{args['init_from']}` (fresh "
+                "optimizer, same validation split)")
+    if args.get("bf16"):
+        out += ", forward pass under bfloat16 autocast (fp32 weights and optimizer)"
+    return out
+
+
+def _by_source_table(by_source: dict[str, dict]) -> str:
+    """Flagged AUPRC within each validation source, weakest first."""
+    if not by_source:
+        return ""
+    rows = sorted(by_source.items(), key=lambda kv: (math.isnan(kv[1]["auprc"]),
+                                                     kv[1]["auprc"]))
+    lines = ["Flagged AUPRC (any known category) within each validation source, weakest first",
+             "(n/a: the source has only flagged or only unflagged rows):", "",
+             "| source | rows | flagged rows | flagged AUPRC |", "|---|---:|---:|---:|"]
+    lines += [f"| {k} | {v['rows']} | {v['positives']} | {_f(v['auprc'])} |" for k, v in rows]
+    return "\n".join(lines)
 
 
 def _sources_section(args: dict, val_counts: dict[str, int]) -> str:
@@ -152,7 +184,7 @@ Derived (no head): {", ".join(f"`{w}`" for w in cfg.derived) or "none"}.
 ## Training procedure
 
 **Full fine-tuning** of all encoder layers plus the new linear head (nothing frozen), on
-a 2-core CPU, with a wall-clock budget.
+a 2-core CPU, with a wall-clock budget{_start(args)}.
 
 * Loss: BCE-with-logits with a per-element mask (unknown labels contribute nothing),
   `pos_weight = clip(sqrt(neg/pos), 1, {args.get("pos_weight_max")})` per category.
@@ -162,7 +194,9 @@ a 2-core CPU, with a wall-clock budget.
   `hate` on suicide-forum posts - the unknown entry is a down-weighted negative. Without
   it no category ever sees toxic-but-unrelated negatives and every head learns "toxic
   register => positive". Validation metrics never count these entries.
-* Sampling: weight ~ source_weight / sqrt(source size); categories whose positive share
+* Sampling: weight ~ source_weight / source_size^{args.get("source_size_power", 0.5)} (a
+  source's share of the batches grows as its size^{1 - args.get("source_size_power", 0.5):g});
+  categories whose positive share
   is below {args.get("target_pos_share")} get their positives up-weighted
   (<= {args.get("max_boost")}x).
   Weak-label sources x0.5 by default; further weights: {args.get("source_weight") or "none"}.
@@ -199,6 +233,9 @@ Derived categories have no positives in this corpus, so their AUPRC is n/a.
 {format_table(rep)}
 
 Mean AUPRC over trained heads: {_f(rep["mean_auprc_trained_heads"])}.
+
+{_by_source_table(out.get("flagged_by_source", {}))}
+
 Full numbers: `eval_validation.json`; reliability plot: `calibration.png`.
 
 Category bleed check (rows whose label for the category is unknown but implausible for

@@ -10,9 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repo" / "modserve-moderation-minilm"
-WEIGHTS = MODEL_DIR / "1" / "model.safetensors"
+VERSION = (yaml.safe_load((MODEL_DIR / "config.yaml").read_text())["version"]
+           if (MODEL_DIR / "config.yaml").is_file() else "")
+WEIGHTS = MODEL_DIR / str(VERSION) / "model.safetensors"
 
 pytestmark = [
     pytest.mark.slow,

@@ -127,6 +127,54 @@ def test_train_export_load_score(tmp_path: Path) -> None:
     assert (tmp_path / "eval.json").is_file()
 
 
+def test_init_from_exported_model_continues_it(tmp_path: Path) -> None:
+    """--init-from starts from the exported weights (not the encoder's), bumps the
+    version, keeps the validation split and trains under bf16 autocast."""
+    import torch
+
+    from training.export import write_model_dir
+    from training.train import TrainArgs, load_trained, run, split_from_run
+
+    enc = _tiny_encoder(tmp_path / "enc")
+    data = _corpus(tmp_path / "corpus.jsonl")
+    common = dict(data=[str(data)], encoder_dir=str(enc), batch_size=8, pool_batches=2,
+                  warmup_steps=1, eval_every_steps=2, val_fraction=0.2, val_rows=50,
+                  max_length=32, lr=1e-3)
+    first = TrainArgs(run_dir=str(tmp_path / "run1"), max_steps=4, **common)
+    run(first)
+    parent = load_trained(Path(first.run_dir), "last")
+    repo = tmp_path / "model_repo"
+    write_model_dir(parent, enc, parent.cfg, repo / parent.cfg.name, torch.float32)
+
+    # lr 0: the continued model must equal the exported (fp32) one exactly
+    second = TrainArgs(run_dir=str(tmp_path / "run2"), max_steps=2, bf16=True,
+                       init_from=str(repo / parent.cfg.name), **{**common, "lr": 0.0,
+                                                                  "head_lr": 0.0})
+    run(second)
+    child = load_trained(Path(second.run_dir), "last")
+    assert child.cfg.version == "2"
+    for (name, a), (_, b) in zip(parent.state_dict().items(), child.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    _, va1 = split_from_run(Path(first.run_dir))
+    _, va2 = split_from_run(Path(second.run_dir))
+    assert [e.text for e in va1] == [e.text for e in va2]
+
+
+def test_source_size_power_sets_source_shares() -> None:
+    from training.train import sampling_weights
+
+    big = [D.Example(f"b{i}", np.zeros(1, np.float32), np.ones(1, np.float32), "big")
+           for i in range(400)]
+    small = [D.Example(f"s{i}", np.zeros(1, np.float32), np.ones(1, np.float32), "small")
+             for i in range(100)]
+    ex = big + small
+    for power, big_share in ((0.0, 0.8), (0.5, 2 / 3), (1.0, 0.5)):
+        w = sampling_weights(ex, {}, target_pos_share=0.0, max_boost=1.0,
+                             source_size_power=power)
+        assert w[:400].sum() == pytest.approx(big_share), power
+
+
 def test_postprocess_derived_and_hierarchy() -> None:
     cfg = default_model_config()
     served = cfg.served_categories

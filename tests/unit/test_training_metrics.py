@@ -109,3 +109,18 @@ def test_flagged_known_only_vs_all_categories() -> None:
     scores = np.array([[0.6, 0.1], [0.2, 0.9]], dtype=np.float32)
     assert M.flagged_average_precision(labels, scores, mask) == 1.0
     assert M.flagged_average_precision(labels, scores, mask, known_only=False) == 0.5
+
+
+def test_flagged_by_source_by_hand() -> None:
+    # 2 categories; row 4 has no known label and is skipped (and so is its source entry)
+    y = np.array([[1, 0], [0, 0], [0, 1], [0, 0], [1, 1]], dtype=np.float32)
+    m = np.array([[1, 1], [1, 1], [0, 1], [1, 0], [0, 0]], dtype=np.float32)
+    s = np.array([[0.9, 0.1], [0.2, 0.8], [0.99, 0.3], [0.5, 0.95], [1.0, 1.0]],
+                 dtype=np.float32)
+    out = M.flagged_by_source(y, s, m, ["a", "a", "b", "b", "c"])
+    # source a: truth [1, 0], known-max score [0.9, 0.8] -> AP 1.0
+    assert out["a"] == {"rows": 2, "positives": 1, "auprc": 1.0}
+    # source b: truth [1, 0], known-max score [0.3, 0.5] (0.99 and 0.95 are unknown):
+    # the negative ranks first -> AP = precision 1/2 at the one positive
+    assert out["b"] == {"rows": 2, "positives": 1, "auprc": 0.5}
+    assert "c" not in out
