@@ -114,14 +114,15 @@ def flagged_by_source(
     ``{source: {"rows", "positives", "auprc"}}``; AUPRC is NaN for a source without
     both flagged and unflagged rows.
     """
-    truth, score = flagged_truth_and_score(labels, scores, mask, True)
-    src = np.asarray(sources)[mask.sum(axis=1) > 0]  # the rows flagged_truth_and_score keeps
+    src = np.asarray(sources)
     out: dict[str, dict[str, float]] = {}
-    for name in sorted(set(src.tolist())):
+    for name in sorted(set(sources)):
         sel = src == name
-        t = truth[sel]
-        ap = average_precision(t, score[sel]) if 0 < t.sum() < len(t) else float("nan")
-        out[name] = {"rows": int(sel.sum()), "positives": int(t.sum()), "auprc": ap}
+        t, score = flagged_truth_and_score(labels[sel], scores[sel], mask[sel], True)
+        if len(t) == 0:  # no row of this source has a known label
+            continue
+        ap = average_precision(t, score) if 0 < t.sum() < len(t) else float("nan")
+        out[name] = {"rows": len(t), "positives": int(t.sum()), "auprc": ap}
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import shlex
 from pathlib import Path
+from typing import Any
 
 from serving.model_config import ModelConfig
 from training import data as D
@@ -49,8 +50,20 @@ GAPS = """\
   time long inputs are chunked (256-token windows) and the max over chunks is used."""
 
 
+def _na(x: float | None) -> bool:
+    """No value: None (NaN after ``metrics.json_safe``) or NaN."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def _f(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+    return "n/a" if _na(x) else f"{x:.3f}"
+
+
+def _default(name: str) -> Any:
+    """``modserve train``'s default for ``name`` (so the card names only flags that were set)."""
+    from training.train import TrainArgs
+
+    return getattr(TrainArgs(data=[], run_dir=""), name)
 
 
 def _train_command(args: dict) -> str:
@@ -62,9 +75,10 @@ def _train_command(args: dict) -> str:
         parts += ["--init-from", str(args["init_from"])]
     if args.get("bf16"):
         parts += ["--bf16"]
-    if args.get("source_size_power", 0.5) != 0.5:
+    if args.get("source_size_power", _default("source_size_power")) != _default(
+            "source_size_power"):
         parts += ["--source-size-power", str(args["source_size_power"])]
-    if args.get("lr", 6e-5) != 6e-5:
+    if args.get("lr", _default("lr")) != _default("lr"):
         parts += ["--lr", str(args["lr"])]
     parts += ["--max-minutes", str(args.get("max_minutes"))]
     parts += ["--warmup-steps", str(args.get("warmup_steps"))]
@@ -72,7 +86,7 @@ def _train_command(args: dict) -> str:
     parts += ["--val-rows", str(args.get("val_rows"))]
     for sw in args.get("source_weight", []):
         parts += ["--source-weight", sw]
-    if args.get("patience") not in (None, 3):
+    if args.get("patience") not in (None, _default("patience")):
         parts += ["--patience", str(args["patience"])]
     if args.get("weak_negative_weight"):
         parts += ["--weak-negative-weight", str(args["weak_negative_weight"])]
@@ -96,8 +110,8 @@ def _by_source_table(by_source: dict[str, dict]) -> str:
     """Flagged AUPRC within each validation source, weakest first."""
     if not by_source:
         return ""
-    rows = sorted(by_source.items(), key=lambda kv: (math.isnan(kv[1]["auprc"]),
-                                                     kv[1]["auprc"]))
+    rows = sorted(by_source.items(),
+                  key=lambda kv: (True, 0.0) if _na(kv[1]["auprc"]) else (False, kv[1]["auprc"]))
     lines = ["Flagged AUPRC (any known category) within each validation source, weakest first",
              "(n/a: the source has only flagged or only unflagged rows):", "",
              "| source | rows | flagged rows | flagged AUPRC |", "|---|---:|---:|---:|"]
@@ -164,6 +178,7 @@ def write_model_card(model_dir: Path, cfg: ModelConfig, out: dict) -> Path:
         f"| {h['step']} | {h['minutes']} | {_f(h['flagged_auprc'])} | {_f(h['mean_auprc'])} |"
         for h in run.get("val_history", [])
     )
+    power = args.get("source_size_power", _default("source_size_power"))
     drops = ", ".join(f"{k} {v:+.4f}" for k, v in gate["auprc_drop"].items())
     text = f"""# {cfg.name} (version {cfg.version})
 
@@ -194,8 +209,8 @@ a 2-core CPU, with a wall-clock budget{_start(args)}.
   `hate` on suicide-forum posts - the unknown entry is a down-weighted negative. Without
   it no category ever sees toxic-but-unrelated negatives and every head learns "toxic
   register => positive". Validation metrics never count these entries.
-* Sampling: weight ~ source_weight / source_size^{args.get("source_size_power", 0.5)} (a
-  source's share of the batches grows as its size^{1 - args.get("source_size_power", 0.5):g});
+* Sampling: weight ~ source_weight / source_size^{power} (a
+  source's share of the batches grows as its size^{1 - power:g});
   categories whose positive share
   is below {args.get("target_pos_share")} get their positives up-weighted
   (<= {args.get("max_boost")}x).

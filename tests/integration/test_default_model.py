@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
+
+from serving.model_config import load_model_config
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repo" / "modserve-moderation-minilm"
-VERSION = (yaml.safe_load((MODEL_DIR / "config.yaml").read_text())["version"]
-           if (MODEL_DIR / "config.yaml").is_file() else "")
-WEIGHTS = MODEL_DIR / str(VERSION) / "model.safetensors"
+WEIGHTS = (load_model_config(MODEL_DIR).version_dir(MODEL_DIR) / "model.safetensors"
+           if (MODEL_DIR / "config.yaml").is_file() else MODEL_DIR / "absent")
 
 pytestmark = [
     pytest.mark.slow,
