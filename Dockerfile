@@ -18,7 +18,7 @@ COPY serving ./serving
 COPY kernels ./kernels
 COPY training ./training
 COPY proto ./proto
-RUN pip install -e '.[ray]' && python -m serving.protogen
+RUN pip install -e '.[ray]' && python -m serving.rpc.protogen
 COPY model_repo ./model_repo
 
 EXPOSE 8000 8001

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml $(wildcard proto/*/*/*.proto)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	# gRPC code from proto/ into serving/_proto/ (gitignored, never committed).
-	$(PY) -m serving.protogen
+	$(PY) -m serving.rpc.protogen
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""Load a model for a benchmark or a gate in any precision, through ``serving.model.load_model``.
+"""Load a model for a benchmark or a gate in any precision (``serving.model.load.load_model``).
 
 Accepts either a model_repo folder (``config.yaml`` + ``<version>/``) or a bare HF
 encoder folder (``config.json`` + weights, e.g. the packaged all-MiniLM-L6-v2). A bare
@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from serving.categories import WIRE_NAMES
-from serving.model import LoadedModel, build_model, load_model, save_weights
-from serving.model_config import CONFIG_FILE, ModelConfig, load_model_config, save_model_config
+from serving.model.load import LoadedModel, build_model, load_model, save_weights
+from serving.model.repo_config import CONFIG_FILE, ModelConfig, load_model_config, save_model_config
 
 TOKENIZER_FILES = (
     "tokenizer.json",

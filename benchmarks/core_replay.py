@@ -34,8 +34,8 @@ def isolated_core_seconds(
     """{"core_seconds": total, "workers": n, "buckets": [{bucket, batches, batch_size,
     ms_per_batch}]}; ``ms_per_batch`` is wall time per batch with every worker busy."""
     from serving.config import Settings
-    from serving.model import load_model
-    from serving.registry import apply_cpu_layout
+    from serving.engine.registry import apply_cpu_layout
+    from serving.model.load import load_model
 
     workers = apply_cpu_layout(Settings())  # before the model: int8 compiles for this layout
     loaded = load_model(model_dir, "cpu", dtype)

@@ -7,7 +7,8 @@ What the engine does with ``MODSERVE_CPU_WORKERS`` / ``MODSERVE_CPU_THREADS``, w
 ``workers`` Python threads each run forwards of one (batch, length) with ``cores //
 workers`` torch threads, optionally beside a *GIL contender*: a Python thread that spins
 1 ms and sleeps 2 ms, standing in for the server's event loop (HTTP, JSON). For int8 the
-compiled kernels run with and without :func:`serving.quantize.release_gil_in_inductor_kernels`.
+compiled kernels run with and without
+:func:`serving.model.quantize.release_gil_in_inductor_kernels`.
 Every configuration is a fresh subprocess (thread counts and the kernel binding are fixed
 at compile time), so the rows are comparable within one run. Reported: tokens/s of the
 forwards, and the contender's loops/s (what the event loop would still get done).
@@ -39,9 +40,9 @@ def measure(model_dir: Path, dtype: str, workers: int, release_gil: bool, conten
 
     from benchmarks._models import load_for_bench
     from benchmarks.core_replay import wall_seconds_on_threads
-    from serving import quantize
     from serving.config import Settings
-    from serving.registry import apply_cpu_layout
+    from serving.engine.registry import apply_cpu_layout
+    from serving.model import quantize
 
     if not release_gil:
         quantize.release_gil_in_inductor_kernels = lambda: False

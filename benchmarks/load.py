@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     model_dir = resolve_model_dir(a.model_dir)
     requests = make_requests(a.n_requests, a.seed)
-    from serving.model_config import load_model_config
+    from serving.model.repo_config import load_model_config
 
     vdir = load_model_config(model_dir).version_dir(model_dir)
     tokens = token_counts(requests, str(vdir / "tokenizer.json"))

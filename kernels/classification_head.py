@@ -3,7 +3,7 @@
 Structure after Triton tutorial 02-fused-softmax: the torch reference (used on CPU
 and as the ground truth), the fused ``@triton.jit`` kernel, its launcher
 ``fused_head_scores`` and the dispatcher ``head_scores`` the model calls. Tests:
-tests/unit/test_head_kernel.py; benchmark: benchmarks/head_kernel.py (perf_report).
+tests/unit/kernels/test_head_kernel.py; benchmark: benchmarks/head_kernel.py (perf_report).
 The kernel reads the last hidden states once; everything after the pool is (B, C).
 """
 

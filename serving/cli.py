@@ -55,7 +55,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from serving.http_server import create_app
+    from serving.api.openai import create_app
 
     settings = settings_from_args(args)
     logging.basicConfig(
@@ -87,9 +87,9 @@ def serve_on_ray(settings: Any) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from serving.metrics import Metrics
-    from serving.protocol import build_response
-    from serving.registry import ModelRegistry
+    from serving.engine.metrics import Metrics
+    from serving.engine.registry import ModelRegistry
+    from serving.protocol.openai import build_response
 
     settings = settings_from_args(args)
 

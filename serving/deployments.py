@@ -21,12 +21,12 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serving.config import RayServeSettings, Settings
-from serving.engine import ClassifyResult, Engine
-from serving.ensemble import EnsembleConfig, EnsembleEngine, plan_models
+from serving.engine.engine import ClassifyResult, Engine
+from serving.engine.ensemble import EnsembleConfig, EnsembleEngine, plan_models
+from serving.engine.metrics import Metrics
+from serving.engine.registry import apply_cpu_layout, resolve_engine
 from serving.errors import ModerationError, NotReady, Overloaded
-from serving.metrics import Metrics
-from serving.model import load_model
-from serving.registry import apply_cpu_layout, resolve_engine
+from serving.model.load import load_model
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Ingress:
 
 def _ingress_builder(settings: dict[str, Any]) -> Any:
     def build() -> Any:
-        from serving.http_server import create_app
+        from serving.api.openai import create_app
 
         s = Settings(**settings)
         plain, ensembles = plan_models(s.model_names(), s.model_repo)

@@ -8,7 +8,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # int8 models run eager in tests (same scores, no 30-70 s compile per load); the compiled
-# path has its own tests in tests/unit/test_quantize.py.
+# path has its own tests in tests/unit/model/test_quantize.py.
 os.environ.setdefault("MODSERVE_INT8_COMPILE", "0")
 
 import torch

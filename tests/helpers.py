@@ -15,8 +15,8 @@ import httpx
 import torch
 from transformers import BertConfig, BertModel
 
-from serving.model import ModerationModel, save_weights
-from serving.model_config import DerivedRule, ModelConfig, save_model_config
+from serving.model.load import ModerationModel, save_weights
+from serving.model.repo_config import DerivedRule, ModelConfig, save_model_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json")

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.model import load_model
-from serving.model_config import ModelConfig, load_model_config, save_model_config
+from serving.model.load import load_model
+from serving.model.repo_config import ModelConfig, load_model_config, save_model_config
 from training import data as D
 
 log = logging.getLogger("training.calibrate")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from serving.model_config import DerivedRule, ModelConfig
+from serving.model.repo_config import DerivedRule, ModelConfig
 
 DEFAULT_NAME = "modserve-moderation-minilm"
 DEFAULT_LABELS: list[str] = [

@@ -4,7 +4,7 @@
 
 Texts longer than the model window are split with ``ChunkingTokenizer`` (window
 ``max_length_tokens``, overlap ``chunk_stride_tokens``); a text's head score is the max
-over its chunks; then ``served_scores`` (the server's ``serving.postprocess.PostProcessor``)
+over its chunks; then ``served_scores`` (the server's ``serving.engine.postprocess.PostProcessor``)
 adds derived categories and caps children at parents. Metrics are masked (unknown labels
 are ignored); see ``training.metrics``. ``--batch-size`` only trades memory for speed.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.model import LoadedModel, ModerationModel, load_model
-from serving.model_config import ModelConfig
-from serving.postprocess import PostProcessor
-from serving.tokenization import ChunkingTokenizer, pad_batch
+from serving.engine.postprocess import PostProcessor
+from serving.engine.tokenization import ChunkingTokenizer, pad_batch
+from serving.model.load import LoadedModel, ModerationModel, load_model
+from serving.model.repo_config import ModelConfig
 from training import data as D
 from training import metrics as M
 

@@ -5,11 +5,11 @@ shipping pipeline:
 
 1. rebuild the best checkpoint (``--which last`` for the final one) and write
    ``<name>/config.yaml`` + ``<name>/<version>/`` (config.json, tokenizer files,
-   model.safetensors in fp16 via ``serving.model.save_weights``);
-2. reload it with ``serving.model.load_model`` (no network) and score the run's own
+   model.safetensors in fp16 via ``serving.model.load.save_weights``);
+2. reload it with ``serving.model.load.load_model`` (no network) and score the run's own
    validation split the way the server does (chunking + max + post-processing);
 3. calibrate thresholds (``training.calibrate``) and write ``calibration.png``;
-4. int8: SmoothQuant factors from 512 training texts (``serving.quantize``), written to
+4. int8: SmoothQuant factors from 512 training texts (``serving.model.quantize``), written to
    ``<version>/int8_smoothing.safetensors``, then the int8 gate (``training.gate``, the
    same rule as ``benchmarks/accuracy_gate.py``) on the smoothed W8A8 encoder (exactly
    what ``load_model(dtype="int8")`` serves): ``int8_ok`` only if no category and not
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from serving.model import ModerationModel, load_model, save_weights
-from serving.model_config import ModelConfig, save_model_config
-from serving.quantize import quantize_encoder_int8, save_smoothing, smoothing_factors
+from serving.model.load import ModerationModel, load_model, save_weights
+from serving.model.quantize import quantize_encoder_int8, save_smoothing, smoothing_factors
+from serving.model.repo_config import ModelConfig, save_model_config
 from training import data as D
 from training import metrics as M
 from training.calibrate import calibrate_arrays
@@ -138,7 +138,7 @@ def ship(
         loaded.model.encoder,
         lambda: score_heads(loaded.model, loaded.tokenizer, loaded.cfg, calib))
     save_smoothing(factors, cfg.version_dir(model_dir))
-    log.info("scoring %d validation rows (int8 W8A8, serving.quantize)", len(texts))
+    log.info("scoring %d validation rows (int8 W8A8, serving.model.quantize)", len(texts))
     qmodel = copy.deepcopy(loaded.model)
     quantize_encoder_int8(qmodel.encoder, factors)
     s8 = served_scores(score_heads(qmodel, loaded.tokenizer, cfg, texts), texts, cfg)

@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from serving.model_config import ModelConfig
+from serving.model.repo_config import ModelConfig
 from training import data as D
 from training.evaluate import format_table
 
@@ -269,11 +269,11 @@ their parent's threshold. Edit `thresholds` in `config.yaml` to tune.
 {derived}
 
 Hierarchy: a child's score is capped at its parent's (`min(child, parent)`), in
-`serving.postprocess.PostProcessor`, the same code the server runs.
+`serving.engine.postprocess.PostProcessor`, the same code the server runs.
 
 ## int8
 
-W8A8 int8 (`serving.quantize`: int8 weights with one scale per output channel, int8
+W8A8 int8 (`serving.model.quantize`: int8 weights with one scale per output channel, int8
 activations with one scale and zero point per token, SmoothQuant factors (alpha 0.5) measured
 on 512 training texts and shipped as `int8_smoothing.safetensors`, every Linear of the
 encoder; what `MODSERVE_DTYPE=int8` serves) was evaluated against fp32 on the same

@@ -52,8 +52,8 @@ from torch import nn
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from serving.model import ModerationModel, build_model
-from serving.model_config import ModelConfig
+from serving.model.load import ModerationModel, build_model
+from serving.model.repo_config import ModelConfig
 from training import data as D
 from training import metrics as M
 from training.defaults import (
@@ -395,14 +395,14 @@ def run(args: TrainArgs) -> Path:
 
 def next_version(model_dir: Path) -> str:
     """The version after ``model_dir``'s (``"1"`` -> ``"2"``)."""
-    from serving.model_config import load_model_config
+    from serving.model.repo_config import load_model_config
 
     return str(int(load_model_config(model_dir).version) + 1)
 
 
 def init_from_model_dir(model: ModerationModel, model_dir: Path) -> None:
     """Copy an exported model's weights (fp16 on disk) into ``model`` (fp32)."""
-    from serving.model import load_model
+    from serving.model.load import load_model
 
     src = load_model(model_dir, "cpu", "float32")
     if list(src.cfg.labels) != list(model.cfg.labels):

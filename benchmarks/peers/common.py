@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from serving.model import LoadedModel, load_model
-from serving.postprocess import PostProcessor
-from serving.protocol import build_response
+from serving.engine.postprocess import PostProcessor
+from serving.model.load import LoadedModel, load_model
+from serving.protocol.openai import build_response
 
 
 class PeerModel:
-    """``serving.model.load_model`` + the HF tokenizer; inputs longer than the model window
+    """``serving.model.load.load_model`` + the HF tokenizer; inputs longer than the model window
     are TRUNCATED to ``max_length_tokens`` (what a plain HF server does; modserve chunks)."""
 
     def __init__(self, model_dir: Path) -> None:

@@ -91,8 +91,8 @@ def export_model(model_dir: Path) -> tuple[Path, float]:
     """HF folder equivalent to ``model_dir``; returns (folder, max abs score difference)."""
     from safetensors.torch import load_file, save_file
 
-    from serving.model import HEAD_PREFIX, WEIGHTS_FILE
-    from serving.model_config import load_model_config
+    from serving.model.load import HEAD_PREFIX, WEIGHTS_FILE
+    from serving.model.repo_config import load_model_config
 
     cfg = load_model_config(model_dir)
     vdir = cfg.version_dir(model_dir)
@@ -141,7 +141,7 @@ def _max_abs_diff(model_dir: Path, export_dir: Path) -> float:
     import torch as t
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from serving.model import load_model
+    from serving.model.load import load_model
 
     texts = ["hello there", "I will hurt you tomorrow", "a longer comment " * 20]
     ours = load_model(model_dir, "cpu", "float32")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.model_config import load_model_config
+from serving.model.repo_config import load_model_config
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repo" / "modserve-moderation-minilm"
 WEIGHTS = (load_model_config(MODEL_DIR).version_dir(MODEL_DIR) / "model.safetensors"
@@ -50,7 +50,7 @@ def scorer(request):
     """The shipped model as served on CPU: fp32, and int8 (it passed its accuracy gate)."""
     import torch
 
-    from serving.model import load_model
+    from serving.model.load import load_model
     from training.evaluate import score_served
 
     torch.set_num_threads(2)
@@ -94,7 +94,7 @@ def test_int8_scores_close_to_fp32() -> None:
     """What the accuracy gate promises, on the sanity texts: no score moves by > 0.10."""
     import numpy as np
 
-    from serving.model import load_model
+    from serving.model.load import load_model
     from training.evaluate import score_served
     from training.gate import DEFAULT_SCORE_TOL
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from serving.model import load_model
-from serving.model_config import load_model_config
-from serving.postprocess import PostProcessor
+from serving.engine.postprocess import PostProcessor
+from serving.model.load import load_model
+from serving.model.repo_config import load_model_config
 from training import data as D
 from training.defaults import DEFAULT_LABELS, default_encoder_dir, default_model_config
 from training.evaluate import evaluate, score_served, served_scores

@@ -1,0 +1,1 @@
+"""HTTP routes only (FastAPI): OpenAI moderation and KServe v2."""

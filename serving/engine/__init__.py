@@ -1,0 +1,1 @@
+"""The engine layer: pre (tokenize) -> batcher -> core (model) -> post, and the registry."""

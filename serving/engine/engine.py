@@ -1,0 +1,225 @@
+"""The engine: pre (tokenize, chunk, bucket) -> batcher -> core (model) -> post.
+
+The one entry point is ``Engine.classify(texts)``. Stages overlap: requests are
+tokenized on a thread pool as they arrive, the batch loop cuts batch n+1 while
+the core thread runs batch n (one batch ready ahead of the core threads: on CPU
+``MODSERVE_CPU_WORKERS`` core threads each run their own batch),
+and post-processing runs on the event loop when a request's sequences are
+back. Nothing here knows about HTTP, gRPC or Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from serving.config import Settings
+from serving.engine.batcher import Batch, TokenBudgetBatcher
+from serving.engine.metrics import Metrics
+from serving.engine.postprocess import PostProcessor
+from serving.engine.tokenization import ChunkingTokenizer, TextTooLongError, bucket_for, pad_batch
+from serving.errors import InferenceFailed, InvalidRequest, NotReady
+from serving.model.load import LoadedModel
+
+log = logging.getLogger(__name__)
+
+READY_AHEAD = 1  # batches cut ahead of the core threads: each running one, plus this many
+
+
+@dataclass
+class Timings:
+    tokenization_s: float = 0.0
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+    total_s: float = 0.0
+    tokens: int = 0
+    characters: int = 0
+
+
+@dataclass
+class ClassifyResult:
+    model: str
+    categories: list[str]
+    scores: np.ndarray  # (N, C) fp32 in [0, 1], columns in ``categories`` order
+    flags: np.ndarray  # (N, C) bool
+    timings: Timings
+    extras: dict[str, list[Any]] = field(default_factory=dict)  # per-input extra result fields
+
+
+class Engine:
+    def __init__(
+        self, loaded: LoadedModel, settings: Settings, metrics: Metrics, core_workers: int = 1
+    ) -> None:
+        """``core_workers``: threads running batches concurrently (CPU: from
+        ``registry.apply_cpu_layout``; a GPU runs one stream: 1)."""
+        self.loaded = loaded
+        self.name = loaded.name
+        self.settings = settings
+        self.metrics = metrics
+        cfg = loaded.cfg
+        self.tokenizer = ChunkingTokenizer(
+            loaded.tokenizer, cfg.max_length_tokens, cfg.chunk_stride_tokens
+        )
+        self.buckets = cfg.buckets_tokens
+        self.post = PostProcessor(cfg)
+        self.categories = self.post.categories
+        device = str(loaded.device).split(":")[0]
+        self.batcher = TokenBudgetBatcher(
+            self.buckets,
+            settings.resolved_max_batch_tokens(device, torch.get_num_threads(), self.buckets[-1]),
+            settings.max_batch_size,
+            settings.max_batch_wait_ms,
+            settings.max_queue_tokens,
+            on_drop=self._on_drop,
+        )
+        self._pre_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-pre")
+        self.core_workers = core_workers
+        self._core_pool = ThreadPoolExecutor(
+            self.core_workers, thread_name_prefix=f"{self.name}-core"
+        )
+        self._loop_task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.ready = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Warm every bucket then start the batch loop.
+
+        Batch sizes 1 and 2 per bucket: first-call costs, and for the compiled int8 encoder
+        both graphs torch.compile makes (batch 1 is specialised, >= 2 is dynamic).
+        """
+        loop = asyncio.get_running_loop()
+        for b in self.buckets:
+            tk = self.tokenizer
+            fill = b - len(tk.prefix) - len(tk.suffix)
+            seq = tk.prefix + [tk.pad_id] * fill + tk.suffix
+            for n in (1, 2):
+                await loop.run_in_executor(self._core_pool, self._forward, [seq] * n, b)
+        self._loop_task = loop.create_task(self._batch_loop(), name=f"{self.name}-batcher")
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        self.batcher.fail_all(NotReady("The server is shutting down."))
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        self._pre_pool.shutdown(wait=False)
+        self._core_pool.shutdown(wait=False)
+
+    # -- the entry point --------------------------------------------------------------------
+    async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
+        if not self.ready:
+            raise NotReady(f"Model {self.name!r} is still loading; retry shortly.")
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        deadline = loop.time() + (timeout_s or self.settings.request_timeout_s)
+        try:
+            chunks = await loop.run_in_executor(
+                self._pre_pool, self.tokenizer.chunk_texts, texts, self.settings.max_input_tokens
+            )
+        except TextTooLongError as e:
+            raise InvalidRequest(
+                f"{e} (MODSERVE_MAX_INPUT_TOKENS).",
+                param=f"input[{e.index}]",
+                code="string_above_max_length",
+            ) from None
+        t1 = time.perf_counter()
+        seqs = [(c.ids, bucket_for(len(c.ids), self.buckets)) for c in chunks]
+        futures = self.batcher.submit(seqs, deadline)
+        self._update_queue_gauges()
+        rows = await asyncio.gather(*futures)
+        counts = [0] * len(texts)
+        for c in chunks:
+            counts[c.input_index] += 1
+        chunk_scores = np.stack([r[0] for r in rows])
+        scores = self.post.scores(chunk_scores, counts, texts)
+        flags = self.post.flags(scores)
+        timings = Timings(
+            tokenization_s=t1 - t0,
+            queue_s=max(r[1] for r in rows),
+            inference_s=max(r[2] for r in rows),
+            total_s=time.perf_counter() - t0,
+            tokens=sum(len(c.ids) for c in chunks),
+            characters=sum(len(t) for t in texts),
+        )
+        self.metrics.tokenization_duration.observe(timings.tokenization_s)
+        self.metrics.inputs.labels(self.name).inc(len(texts))
+        return ClassifyResult(self.name, self.categories, scores, flags, timings)
+
+    # -- batch loop and core ----------------------------------------------------------------
+    async def _batch_loop(self) -> None:
+        slots = asyncio.Semaphore(self.core_workers + READY_AHEAD)
+        while True:
+            await slots.acquire()
+            try:
+                batch = await self.batcher.next_batch()
+            except BaseException:
+                slots.release()
+                raise
+            self._update_queue_gauges()
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch, slots))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _run_batch(self, batch: Batch, slots: asyncio.Semaphore) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            out, infer_s = await loop.run_in_executor(
+                self._core_pool, self._timed_forward, [s.ids for s in batch.items], batch.bucket
+            )
+        except Exception as e:  # all-or-nothing: every request of the batch gets the error
+            log.exception("inference failed for a batch of %d", len(batch.items))
+            self.batcher.fail(batch, InferenceFailed(f"Inference failed: {type(e).__name__}."))
+            return
+        finally:
+            slots.release()
+        self._record_batch(batch, infer_s)
+        results: list[Any] = [
+            (out[i], batch.cut_at - s.enqueued, infer_s) for i, s in enumerate(batch.items)
+        ]
+        self.batcher.complete(batch, results)
+
+    def _timed_forward(self, seqs: list[list[int]], bucket: int) -> tuple[np.ndarray, float]:
+        """Core thread: ``_forward`` and its duration, timed here so that the time a batch
+        waits for a core thread (the batch cut ahead) is not counted as model time."""
+        t0 = time.perf_counter()
+        out = self._forward(seqs, bucket)
+        return out, time.perf_counter() - t0
+
+    def _forward(self, seqs: list[list[int]], bucket: int) -> np.ndarray:
+        """Core thread: pad to the bucket, run the model, return (n, L) fp32 scores."""
+        ids, mask = pad_batch(seqs, bucket, self.tokenizer.pad_id)
+        dev = self.loaded.device
+        with torch.inference_mode():
+            scores = self.loaded.model(
+                torch.from_numpy(ids).to(dev, non_blocking=True),
+                torch.from_numpy(mask).to(dev, non_blocking=True),
+            )
+        return scores.float().cpu().numpy()
+
+    # -- metrics ----------------------------------------------------------------------------
+    def _record_batch(self, batch: Batch, infer_s: float) -> None:
+        m, n = self.metrics, self.name
+        m.batch_size.labels(n, str(batch.bucket)).observe(len(batch.items))
+        m.batch_tokens.labels(n).observe(batch.padded_tokens)
+        m.real_tokens.labels(n).inc(batch.real_tokens)
+        m.padded_tokens.labels(n).inc(batch.padded_tokens)
+        m.inference_duration.labels(n, str(batch.bucket)).observe(infer_s)
+        for s in batch.items:
+            m.queue_duration.observe(batch.cut_at - s.enqueued)
+
+    def _update_queue_gauges(self) -> None:
+        self.metrics.queue_tokens.labels(self.name).set(self.batcher.queued_tokens)
+        self.metrics.queue_sequences.labels(self.name).set(self.batcher.queued_sequences)
+
+    def _on_drop(self, reason: str, n: int) -> None:
+        self.metrics.dropped.labels(self.name, reason).inc(n)

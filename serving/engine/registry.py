@@ -1,0 +1,110 @@
+"""The served models: one Engine per model folder, and model-name resolution for requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+from serving.config import OPENAI_MODEL_ALIASES, Settings
+from serving.engine.engine import Engine
+from serving.engine.ensemble import EnsembleEngine, plan_models
+from serving.engine.metrics import Metrics
+from serving.errors import ModelNotFound, NotReady
+from serving.model.load import load_model
+
+log = logging.getLogger(__name__)
+E = TypeVar("E")
+
+
+def apply_cpu_layout(settings: Settings) -> int:
+    """Set torch's threads for CPU models; return how many core threads (workers) to run.
+
+    Call before any model is built or compiled: compiled int8 kernels keep the thread count
+    they were compiled with. The cores are ``OMP_NUM_THREADS`` if set (Ray sets it to a
+    replica's ``num_cpus``), else the CPUs this process may run on. Workers are capped at
+    the cores; each gets ``MODSERVE_CPU_THREADS`` threads, or an equal share of the cores.
+    """
+    import torch
+
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    cores = int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+    workers = max(1, min(settings.cpu_workers, cores))
+    torch.set_num_threads(settings.cpu_threads or max(1, cores // workers))
+    return workers
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engines: dict[str, Engine | EnsembleEngine] = {}
+        self.created = int(time.time())
+        self.default = settings.model
+        self.load_error: str | None = None
+        self._all_loaded = False
+
+    @property
+    def ready(self) -> bool:
+        """Every configured model is loaded and warm (not just the first ones)."""
+        return self._all_loaded and all(e.ready for e in self.engines.values())
+
+    async def start(self) -> None:
+        """Load and warm every configured model (in a thread: the event loop keeps answering)."""
+        device = self.settings.resolved_device()
+        workers = apply_cpu_layout(self.settings) if device == "cpu" else 1
+        repo = self.settings.model_repo
+        for name in self.settings.model_names():
+            if not (repo / name).is_dir():
+                self.load_error = (
+                    f"model directory {repo / name} not found; set MODSERVE_MODEL "
+                    f"or MODSERVE_MODEL_REPO"
+                )
+                raise FileNotFoundError(self.load_error)
+        plain, ensembles = plan_models(self.settings.model_names(), repo)
+        for name in plain:
+            loaded = await asyncio.to_thread(
+                load_model, repo / name, device, self.settings.dtype, self.settings.int8_compile
+            )
+            engine = Engine(loaded, self.settings, self.metrics, core_workers=workers)
+            await engine.start()
+            self.engines[name] = engine
+            log.info("model %s ready (%s, %s)", name, device, loaded.dtype)
+        for name, cfg in ensembles.items():
+            self.engines[name] = EnsembleEngine(cfg, {m: self.engines[m] for m in cfg.members})
+            log.info("ensemble %s ready (members %s)", name, list(cfg.members))
+        self._all_loaded = True
+        self.metrics.ready.set(1)
+
+    async def stop(self) -> None:
+        self.metrics.ready.set(0)
+        for e in self.engines.values():
+            if isinstance(e, Engine):
+                await e.stop()
+
+    def resolve(self, requested: str | None) -> Engine | EnsembleEngine:
+        """Map a request's ``model`` (None, OpenAI alias, or folder name) to its engine."""
+        expected = [*self.settings.model_names(), *self.engines]
+        return resolve_engine(requested, self.default, self.engines, expected)
+
+
+def resolve_engine(requested: str | None, default: str, engines: Mapping[str, E],
+                   expected: Iterable[str]) -> E:
+    """The engine for a request's ``model``: None and the OpenAI names mean ``default``.
+
+    A configured model that is not loaded yet answers 503 (retry); anything else 404.
+    """
+    name = default if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
+    assert name is not None
+    if name in engines:
+        return engines[name]
+    expected = set(expected)
+    if name in expected:
+        raise NotReady(f"Model {name!r} is still loading; retry shortly.")
+    known = sorted([*expected, *OPENAI_MODEL_ALIASES])
+    raise ModelNotFound(
+        f"The model '{requested}' does not exist. Served models: {known}.", param="model"
+    )

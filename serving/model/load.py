@@ -1,0 +1,159 @@
+"""Load a model directory from model_repo and run encoder + classification head.
+
+One readable model class used by the server, the training pipeline and the
+benchmarks. Weights layout is described in ``serving.model.repo_config``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from kernels.classification_head import head_logits_reference, head_scores
+from serving.model.quantize import load_smoothing, quantize_encoder_int8
+from serving.model.repo_config import ModelConfig, load_model_config
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+HEAD_PREFIX = "classifier."
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModerationModel(nn.Module):
+    """Transformer encoder + linear multi-label head over ``cfg.labels``."""
+
+    def __init__(self, encoder: PreTrainedModel, num_labels: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        hidden = int(encoder.config.hidden_size)
+        self.classifier = nn.Linear(hidden, num_labels)
+        self.cfg = cfg
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, C) fp32 logits; used by training (BCE on logits)."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return head_logits_reference(
+            hidden, attention_mask, self.classifier.weight, self.classifier.bias, self.cfg.pooling
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, C) fp32 scores in [0, 1]."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return head_scores(
+            hidden,
+            attention_mask,
+            self.classifier.weight,
+            self.classifier.bias,
+            self.cfg.pooling,
+            self.cfg.activation,
+        )
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    cfg: ModelConfig
+    model: ModerationModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: str  # "float32" | "float16" | "bfloat16" | "int8"
+
+
+def resolve_dtype(requested: str, device: torch.device, cfg: ModelConfig) -> str:
+    """Pick a dtype the device supports. "auto": fp16 on CUDA, fp32 on CPU."""
+    if requested == "auto":
+        return "float16" if device.type == "cuda" else "float32"
+    if device.type == "cpu" and requested in ("float16", "bfloat16"):
+        raise ValueError(f"dtype {requested} is not supported on CPU; use float32 or int8")
+    if device.type == "cuda" and requested == "int8":
+        raise ValueError("int8 on CUDA arrives with the fast-path kernels; use float16 or bfloat16")
+    if requested == "int8" and not cfg.int8_ok:
+        raise ValueError(
+            f"model {cfg.name!r} did not pass the int8 accuracy gate "
+            "(int8_ok: false in config.yaml)"
+        )
+    if requested not in (*DTYPES, "int8"):
+        raise ValueError(
+            f"unknown dtype {requested!r}; choose auto, float32, float16, bfloat16, int8"
+        )
+    return requested
+
+
+def build_model(encoder_dir: Path, cfg: ModelConfig) -> ModerationModel:
+    """A fresh model from a pretrained HF encoder directory (training starts here)."""
+    encoder = AutoModel.from_pretrained(
+        str(encoder_dir), add_pooling_layer=False, local_files_only=True
+    )
+    return ModerationModel(encoder, len(cfg.labels), cfg)
+
+
+def save_weights(model: ModerationModel, version_dir: Path, dtype: torch.dtype) -> None:
+    """Write config.json + model.safetensors (encoder names + classifier.*) into ``version_dir``."""
+    version_dir.mkdir(parents=True, exist_ok=True)
+    model.encoder.config.save_pretrained(str(version_dir))
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.encoder.state_dict().items()}
+    for k, v in model.classifier.state_dict().items():
+        state[HEAD_PREFIX + k] = v.detach().to(torch.float32).contiguous()
+    save_file(state, str(version_dir / WEIGHTS_FILE))
+    (version_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; keep it readable
+
+
+def load_model(model_dir: Path, device: str = "cpu", dtype: str = "auto",
+               int8_compile: bool | None = None) -> LoadedModel:
+    """Load ``model_repo/<name>`` (config.yaml + <version>/) with no network access.
+
+    ``int8_compile`` (int8 only): see ``serving.model.quantize``; None = ``MODSERVE_INT8_COMPILE``.
+    """
+    cfg = load_model_config(model_dir)
+    vdir = cfg.version_dir(model_dir)
+    weights = vdir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found (model {cfg.name!r} version {cfg.version})")
+    dev = torch.device(device)
+    chosen = resolve_dtype(dtype, dev, cfg)
+    hf_cfg = AutoConfig.from_pretrained(str(vdir), local_files_only=True)
+    encoder = AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+    model = ModerationModel(encoder, len(cfg.labels), cfg)
+    state = load_file(str(weights))
+    head = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+    enc = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    enc = {k: v for k, v in enc.items() if not k.startswith("pooler.")}
+    missing, unexpected = encoder.load_state_dict(enc, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights}: weights do not match config.json: "
+            f"missing={missing[:5]} unexpected={unexpected[:5]}"
+        )
+    if head.get("weight") is None or tuple(head["weight"].shape) != (
+        len(cfg.labels),
+        hf_cfg.hidden_size,
+    ):
+        raise ValueError(
+            f"{weights}: classifier.weight must be ({len(cfg.labels)}, {hf_cfg.hidden_size})"
+        )
+    model.classifier.load_state_dict(head)
+    model.float().eval()
+    if chosen == "int8":
+        quantize_encoder_int8(model.encoder, load_smoothing(vdir), int8_compile)
+    elif chosen != "float32":
+        nn.Module.to(model.encoder, DTYPES[chosen])
+    model.to(dev)
+    tokenizer = AutoTokenizer.from_pretrained(str(vdir), local_files_only=True, use_fast=True)
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise ValueError(f"{vdir}: a fast (Rust) tokenizer (tokenizer.json) is required")
+    log.info("loaded model %s v%s on %s as %s", cfg.name, cfg.version, dev, chosen)
+    return LoadedModel(cfg.name, cfg, model, tokenizer, dev, chosen)

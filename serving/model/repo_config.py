@@ -1,0 +1,130 @@
+"""The model repository format: ``model_repo/<name>/config.yaml`` + ``<version>/``.
+
+Layout (written by ``modserve train``/``training.export``, read by ``serving.model.load``)::
+
+    model_repo/<name>/
+      config.yaml          this file's schema (ModelConfig), human-edited thresholds live here
+      README.md            model card
+      <version>/           e.g. 1/
+        config.json        HF encoder config (architectures, hidden size, ...)
+        tokenizer.json     fast tokenizer (+ tokenizer_config.json, vocab.txt, ...)
+        model.safetensors  encoder weights under their AutoModel names
+                           + "classifier.weight" (C, H) and "classifier.bias" (C,)
+
+The classifier rows are in the order of ``labels``. Categories listed under
+``derived`` have no trained head: their score is computed from a parent score
+and a transparent lexicon gate (see ``DerivedRule``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from serving.categories import BY_WIRE, CORE_WIRE_NAMES, ordered
+
+CONFIG_FILE = "config.yaml"
+
+
+class DerivedRule(BaseModel):
+    """Score for a category that has no trained head.
+
+    ``score = parent_score * (1.0 if gate matches the input text else ungated_factor)``.
+    An empty ``gate_regex`` means "always gated in" (the child equals its parent).
+    """
+
+    parent: str
+    gate_regex: str = ""
+    ungated_factor: float = Field(0.0, ge=0.0, le=1.0)
+    note: str = ""
+
+    def compiled(self) -> re.Pattern[str] | None:
+        return re.compile(self.gate_regex, re.IGNORECASE) if self.gate_regex else None
+
+
+class ModelConfig(BaseModel):
+    """Schema of ``model_repo/<name>/config.yaml``."""
+
+    name: str
+    version: str = "1"
+    description: str = ""
+    labels: list[str] = Field(description="categories with a trained head, in classifier row order")
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    default_threshold: float = 0.5
+    derived: dict[str, DerivedRule] = Field(default_factory=dict)
+    max_length_tokens: int = Field(256, description="model window per chunk, incl. special tokens")
+    chunk_stride_tokens: int = Field(32, description="overlap between consecutive chunks")
+    buckets_tokens: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
+    pooling: Literal["mean", "cls"] = "mean"
+    activation: Literal["sigmoid", "softmax"] = "sigmoid"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    int8_ok: bool = Field(False, description="int8 passed the accuracy gate for this model")
+
+    @field_validator("labels")
+    @classmethod
+    def _known_labels(cls, v: list[str]) -> list[str]:
+        for w in v:
+            if w not in BY_WIRE:
+                raise ValueError(f"unknown category {w!r}")
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate labels")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        for child, rule in self.derived.items():
+            if child not in BY_WIRE or rule.parent not in BY_WIRE:
+                raise ValueError(f"derived rule {child!r} <- {rule.parent!r}: unknown category")
+            if child in self.labels:
+                raise ValueError(f"{child!r} is both a trained head and derived")
+            if rule.parent not in self.labels:
+                raise ValueError(f"derived {child!r}: parent {rule.parent!r} has no head")
+        missing = [w for w in CORE_WIRE_NAMES if w not in self.labels and w not in self.derived]
+        if missing:
+            raise ValueError(
+                f"model {self.name!r} does not score {missing}: every OpenAI core category needs "
+                "a trained head (labels) or a derived rule (derived) so responses are complete"
+            )
+        for w in self.thresholds:
+            if w not in BY_WIRE:
+                raise ValueError(f"threshold for unknown category {w!r}")
+        b = sorted(set(self.buckets_tokens))
+        if not b or b[-1] < self.max_length_tokens:
+            b.append(self.max_length_tokens)
+        self.buckets_tokens = [x for x in b if x <= self.max_length_tokens]
+        if self.chunk_stride_tokens >= self.max_length_tokens - 2:
+            raise ValueError("chunk_stride_tokens must be smaller than max_length_tokens - 2")
+        return self
+
+    @property
+    def served_categories(self) -> list[str]:
+        """Everything this model answers for, in canonical order."""
+        return ordered([*self.labels, *self.derived])
+
+    def threshold(self, wire: str) -> float:
+        return self.thresholds.get(wire, self.default_threshold)
+
+    def version_dir(self, model_dir: Path) -> Path:
+        return model_dir / str(self.version)
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a model directory needs a {CONFIG_FILE}")
+    with path.open() as f:
+        raw = yaml.safe_load(f) or {}
+    return ModelConfig.model_validate(raw)
+
+
+def save_model_config(cfg: ModelConfig, model_dir: Path) -> Path:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / CONFIG_FILE
+    data = cfg.model_dump(mode="json")
+    with path.open("w") as f:
+        yaml.safe_dump(data, f, sort_keys=False, allow_unicode=True)
+    return path

@@ -1,0 +1,172 @@
+"""KServe v2 (Triton) inference protocol: the tensor contract, shared by HTTP and gRPC.
+
+One input and two outputs per model::
+
+    TEXT    BYTES  [n]      UTF-8 texts (n >= 1)
+    SCORES  FP32   [n, C]   per-category scores in [0, 1]
+    FLAGS   BOOL   [n, C]   per-category flags after thresholds
+
+The C column names (OpenAI wire names, in column order) are in the model
+config's ``parameters.categories`` (a JSON array string; gRPC ``ModelConfig``,
+HTTP ``/v2/models/{name}/config``) and, over HTTP, also in the model
+metadata's ``parameters.categories``. Everything here is transport-free:
+functions take and return plain values and raise ``InvalidRequest``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from serving.errors import InvalidRequest, ModelNotFound
+from serving.protocol.openai import parse_request
+
+INPUT = "TEXT"
+SCORES = "SCORES"
+FLAGS = "FLAGS"
+OUTPUTS = (SCORES, FLAGS)
+SERVER_NAME = "modserve"
+SERVER_VERSION = "0.1.0"
+PLATFORM = "modserve_moderation"
+
+
+class Servable(Protocol):
+    """What the KServe transports read from a served model (an Engine or an ensemble)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def categories(self) -> list[str]: ...
+
+
+def served_version(engine: Servable) -> str:
+    """The model_repo version folder; "1" for models without one (ensembles)."""
+    loaded = getattr(engine, "loaded", None)
+    return str(loaded.cfg.version) if loaded is not None else "1"
+
+
+def check_version(engine: Servable, version: str | None) -> str:
+    """The served version; an empty ``version`` means "the one served"."""
+    served = served_version(engine)
+    if version not in (None, "", served):
+        raise ModelNotFound(
+            f"Model {engine.name!r} has no version {version!r}; served version: {served!r}.",
+            param="model_version",
+        )
+    return served
+
+
+def model_metadata(engine: Servable) -> dict[str, Any]:
+    """``GET /v2/models/{name}`` body (gRPC ``ModelMetadataResponse`` has the same fields)."""
+    c = len(engine.categories)
+    return {
+        "name": engine.name,
+        "versions": [served_version(engine)],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [
+            {"name": SCORES, "datatype": "FP32", "shape": [-1, c]},
+            {"name": FLAGS, "datatype": "BOOL", "shape": [-1, c]},
+        ],
+    }
+
+
+def categories_json(engine: Servable) -> str:
+    return json.dumps(list(engine.categories))
+
+
+def check_text_input(
+    name: str, datatype: str, shape: Sequence[int], inputs_seen: Sequence[str]
+) -> int:
+    """Validate the TEXT tensor's header; return n (the batch size)."""
+    extra = sorted(set(inputs_seen) - {INPUT})
+    if extra:
+        raise InvalidRequest(
+            f"Unknown input tensor(s) {extra}; the only input is {INPUT!r}.", param="inputs"
+        )
+    if name != INPUT:
+        raise InvalidRequest(f"Missing input tensor {INPUT!r} (BYTES, shape [n]).", param="inputs")
+    if datatype != "BYTES":
+        raise InvalidRequest(
+            f"Input {INPUT!r} must have datatype BYTES, not {datatype!r}.", param=INPUT
+        )
+    if len(shape) != 1 or shape[0] < 0:
+        raise InvalidRequest(
+            f"Input {INPUT!r} must have shape [n] (one text per row), not {list(shape)}.",
+            param=INPUT,
+        )
+    return int(shape[0])
+
+
+def check_outputs(requested: Sequence[str]) -> list[str]:
+    """The outputs to send back, in request order; none requested = all."""
+    unknown = sorted(set(requested) - set(OUTPUTS))
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown output tensor(s) {unknown}; outputs are {list(OUTPUTS)}.", param="outputs"
+        )
+    return list(requested) or list(OUTPUTS)
+
+
+def split_bytes_tensor(raw: bytes) -> list[bytes]:
+    """Triton's BYTES wire form: each element is a 4-byte little-endian length + its bytes."""
+    items: list[bytes] = []
+    pos, end = 0, len(raw)
+    while pos < end:
+        if pos + 4 > end:
+            raise InvalidRequest(
+                f"Malformed BYTES tensor {INPUT!r}: truncated length prefix.", param=INPUT
+            )
+        (size,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + size > end:
+            raise InvalidRequest(
+                f"Malformed BYTES tensor {INPUT!r}: element {len(items)} claims {size} bytes "
+                f"but only {end - pos} remain.",
+                param=INPUT,
+            )
+        items.append(bytes(raw[pos : pos + size]))
+        pos += size
+    return items
+
+
+def join_bytes_tensor(items: Sequence[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def decode_texts(
+    items: Sequence[bytes | str], n: int, max_inputs: int, max_chars: int
+) -> list[str]:
+    """Elements of TEXT -> validated texts (same limits as ``/v1/moderations``)."""
+    if len(items) != n:
+        raise InvalidRequest(
+            f"Input {INPUT!r} has shape [{n}] but carries {len(items)} element(s).", param=INPUT
+        )
+    texts = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        try:
+            texts.append(item.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidRequest(
+                f"{INPUT}[{i}] is not valid UTF-8.", param=f"{INPUT}[{i}]"
+            ) from None
+    if not texts:
+        raise InvalidRequest(f"Input {INPUT!r} is empty; send at least one text.", param=INPUT)
+    parsed, _ = parse_request({"input": texts}, max_inputs, max_chars)
+    return parsed
+
+
+def output_arrays(scores: np.ndarray, flags: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
+    """Output name -> (datatype, array) with the exact wire dtypes."""
+    return {
+        SCORES: ("FP32", np.ascontiguousarray(scores, dtype="<f4")),
+        FLAGS: ("BOOL", np.ascontiguousarray(flags, dtype=np.bool_)),
+    }

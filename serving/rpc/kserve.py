@@ -1,0 +1,140 @@
+"""KServe v2 / Triton ``inference.GRPCInferenceService``, so tritonclient.grpc and
+perf_analyzer work unchanged. Messages come from the protos that ship in the
+``tritonclient`` package. Tensors: see serving/protocol/kserve.py. Column names:
+``ModelConfig`` -> ``config.parameters["categories"].string_value`` (JSON array).
+ModelStreamInfer and the repository / shared-memory / trace RPCs stay UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from serving.errors import InvalidRequest, ModerationError
+from serving.protocol import kserve
+from serving.rpc.common import ServicerBase
+
+_CONFIG_TYPES = {"BYTES": mc.TYPE_STRING, "FP32": mc.TYPE_FP32, "BOOL": mc.TYPE_BOOL}
+
+
+def _tensors(specs: list[dict[str, Any]]) -> list[Any]:
+    return [pb.ModelMetadataResponse.TensorMetadata(**s) for s in specs]
+
+
+class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer):
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.registry.ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        try:
+            engine = self.registry.resolve(request.name)
+            kserve.check_version(engine, request.version)
+        except ModerationError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=engine.ready)
+
+    async def _authorized_model(self, request: Any, context: Any) -> Any:
+        """Auth, then the engine for ``request.name``/``version``; aborts the call on error."""
+        try:
+            self.check_auth(context)
+            engine = self.registry.resolve(request.name)
+            kserve.check_version(engine, request.version)
+        except Exception as e:
+            await self.fail(context, e)
+        return engine
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(name=kserve.SERVER_NAME, version=kserve.SERVER_VERSION)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        engine = await self._authorized_model(request, context)
+        meta = kserve.model_metadata(engine)
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=_tensors(meta["inputs"]),
+            outputs=_tensors(meta["outputs"]),
+        )
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        engine = await self._authorized_model(request, context)
+        meta = kserve.model_metadata(engine)
+        cfg = mc.ModelConfig(
+            name=engine.name,
+            platform=kserve.PLATFORM,
+            max_batch_size=0,  # TEXT is [n] itself; perf_analyzer: --shape TEXT:<n>
+            input=[
+                mc.ModelInput(
+                    name=t["name"], data_type=_CONFIG_TYPES[t["datatype"]], dims=t["shape"]
+                )
+                for t in meta["inputs"]
+            ],
+            output=[
+                mc.ModelOutput(
+                    name=t["name"], data_type=_CONFIG_TYPES[t["datatype"]], dims=t["shape"]
+                )
+                for t in meta["outputs"]
+            ],
+        )
+        cfg.parameters["categories"].string_value = kserve.categories_json(engine)
+        return pb.ModelConfigResponse(config=cfg)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        """Names and versions only (counters live in /metrics); perf_analyzer asks for it."""
+        engines = list(self.registry.engines.values())
+        if request.name:
+            try:
+                engines = [self.registry.resolve(request.name)]
+            except Exception as e:
+                await self.fail(context, e)
+        return pb.ModelStatisticsResponse(
+            model_stats=[
+                pb.ModelStatistics(name=e.name, version=kserve.served_version(e)) for e in engines
+            ]
+        )
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        try:
+            return await self._infer(request, context)
+        except Exception as e:
+            await self.fail(context, e)
+
+    async def _infer(self, request: Any, context: Any) -> Any:
+        self.check_auth(context)
+        engine = self.registry.resolve(request.model_name)
+        served = kserve.check_version(engine, request.model_version)
+        inputs = list(request.inputs)
+        names = [t.name for t in inputs]
+        text = inputs[0] if inputs else pb.ModelInferRequest.InferInputTensor()
+        n = kserve.check_text_input(text.name, text.datatype, list(text.shape), names)
+        raw = request.raw_input_contents
+        if raw:
+            if len(raw) != len(inputs):
+                raise InvalidRequest(
+                    f"raw_input_contents has {len(raw)} entries for {len(inputs)} input(s).",
+                    param="raw_input_contents",
+                )
+            items: list[bytes | str] = list(kserve.split_bytes_tensor(raw[0]))
+        else:
+            items = list(text.contents.bytes_contents)
+        s = self.settings
+        texts = kserve.decode_texts(items, n, s.max_inputs_per_request, s.max_input_chars)
+        wanted = kserve.check_outputs([o.name for o in request.outputs])
+        self.metrics.requests.labels(engine.name).inc()
+        result = await engine.classify(texts, timeout_s=self.time_left_s(context))
+        arrays = kserve.output_arrays(result.scores, result.flags)
+        response = pb.ModelInferResponse(
+            model_name=engine.name, model_version=served, id=request.id
+        )
+        for name in wanted:
+            datatype, arr = arrays[name]
+            response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))
+            response.raw_output_contents.append(arr.tobytes())
+        return response

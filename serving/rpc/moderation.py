@@ -1,0 +1,89 @@
+"""``modserve.v1.Moderation`` (proto/modserve/v1/moderation.proto): the OpenAI
+moderation schema over gRPC, unary and bidirectional streaming."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from serving.protocol.openai import new_id, parse_request
+from serving.rpc.common import ServicerBase
+
+try:
+    from serving._proto.modserve.v1 import moderation_pb2 as pb
+    from serving._proto.modserve.v1 import moderation_pb2_grpc as pb_grpc
+except ImportError as e:  # pragma: no cover - depends on the install step
+    raise ImportError(
+        "The gRPC code for proto/modserve/v1/moderation.proto is not generated "
+        "(serving/_proto/ is missing or stale). Run `make install` or "
+        "`python -m serving.rpc.protogen` (needs grpcio-tools), or serve with --grpc-port 0."
+    ) from e
+
+SERVICE_NAME = "modserve.v1.Moderation"
+STREAM_WINDOW = 32  # requests of one stream classified concurrently; answers keep their order
+
+
+class ModerationServicer(ServicerBase, pb_grpc.ModerationServicer):
+    async def Moderate(self, request: Any, context: Any) -> Any:
+        try:
+            self.check_auth(context)
+            return await self._moderate(request, context)
+        except Exception as e:
+            await self.fail(context, e)
+
+    async def ModerateStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            self.check_auth(context)
+        except Exception as e:
+            await self.fail(context, e)
+        pending: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    pending.put_nowait(asyncio.ensure_future(self._moderate(request, context)))
+            finally:
+                pending.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        error: Exception | None = None
+        try:
+            while (future := await pending.get()) is not None:
+                try:
+                    response = await future
+                finally:
+                    slots.release()
+                yield response
+            await reader  # re-raise a failure of the request stream itself
+        except Exception as e:
+            error = e
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                if (left := pending.get_nowait()) is not None:
+                    left.cancel()
+        if error is not None:
+            await self.fail(context, error)
+
+    async def _moderate(self, request: Any, context: Any) -> Any:
+        s = self.settings
+        texts, _ = parse_request(
+            {"input": list(request.input)}, s.max_inputs_per_request, s.max_input_chars
+        )
+        engine = self.registry.resolve(request.model or None)
+        self.metrics.requests.labels(engine.name).inc()
+        result = await engine.classify(texts, timeout_s=self.time_left_s(context))
+        response = pb.ModerateResponse(id=new_id(), model=engine.name)
+        cats = result.categories
+        for row_s, row_f in zip(result.scores.tolist(), result.flags.tolist(), strict=True):
+            r = response.results.add(flagged=any(row_f))
+            r.categories.update(zip(cats, (bool(f) for f in row_f), strict=True))
+            r.category_scores.update(zip(cats, row_s, strict=True))
+        return response
+
+
+def add_to_server(servicer: ModerationServicer, server: Any) -> None:
+    pb_grpc.add_ModerationServicer_to_server(servicer, server)

@@ -1,0 +1,85 @@
+"""The gRPC transport: one grpc.aio server on ``settings.grpc_port`` with
+
+- ``inference.GRPCInferenceService`` (KServe v2 / Triton; serving/rpc/kserve.py),
+- ``modserve.v1.Moderation`` (serving/rpc/moderation.py),
+- ``grpc.health.v1.Health``: NOT_SERVING until every model is loaded and warmed,
+  then SERVING (overall "" and per service), NOT_SERVING again on shutdown.
+
+It runs in the event loop of the HTTP server and shares its ModelRegistry:
+``grpc_serving(settings, registry)`` wraps the FastAPI lifespan. Largest
+message in or out: ``MODSERVE_MAX_REQUEST_BODY_BYTES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2_grpc
+
+from serving.config import Settings
+from serving.engine.registry import ModelRegistry
+from serving.rpc.kserve import KServeServicer
+
+log = logging.getLogger(__name__)
+
+KSERVE_SERVICE_NAME = "inference.GRPCInferenceService"
+SHUTDOWN_GRACE_S = 5.0
+READY_POLL_S = 0.1
+
+
+def build_server(settings: Settings, registry: ModelRegistry) -> tuple[Any, Any, list[str]]:
+    """(server, health servicer, service names); the moderation stubs are imported here."""
+    from serving.rpc import moderation as grpc_moderation
+
+    limit = settings.max_request_body_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(registry), server)
+    grpc_moderation.add_to_server(grpc_moderation.ModerationServicer(registry), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, health_servicer, ["", KSERVE_SERVICE_NAME, grpc_moderation.SERVICE_NAME]
+
+
+async def _set_health(health_servicer: Any, services: list[str], status: Any) -> None:
+    for name in services:
+        await health_servicer.set(name, status)
+
+
+async def _serving_when_ready(
+    registry: ModelRegistry, health_servicer: Any, services: list[str]
+) -> None:
+    while not registry.ready:
+        await asyncio.sleep(READY_POLL_S)
+    await _set_health(health_servicer, services, health_pb2.HealthCheckResponse.SERVING)
+
+
+@asynccontextmanager
+async def grpc_serving(settings: Settings, registry: ModelRegistry) -> AsyncIterator[Any]:
+    """Serve gRPC for the duration of the block; ``settings.grpc_port == 0`` turns it off."""
+    if settings.grpc_port <= 0:
+        yield None
+        return
+    server, health_servicer, services = build_server(settings, registry)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    await _set_health(health_servicer, services, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    log.info("gRPC listening on %s:%d", host, settings.grpc_port)
+    watcher = asyncio.create_task(_serving_when_ready(registry, health_servicer, services))
+    try:
+        yield server
+    finally:
+        watcher.cancel()
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(SHUTDOWN_GRACE_S)

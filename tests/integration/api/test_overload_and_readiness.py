@@ -1,0 +1,104 @@
+"""429 with Retry-After when the token queue is full; 503 while the model is not ready."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.api.openai import create_app
+from serving.config import Settings
+from tests.helpers import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def test_full_queue_answers_429_with_retry_after(tiny_repo: Path):
+    # The first request waits (up to 3 s) for company in a batch; while it waits the
+    # queue holds 16 of 64 tokens, so a 64-token request does not fit.
+    s = ServerProcess(tiny_repo, MODSERVE_MAX_QUEUE_TOKENS="64",
+                      MODSERVE_MAX_BATCH_WAIT_MS="3000", MODSERVE_RETRY_AFTER_S="2")
+    s.wait_ready()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, s.base + "/v1/moderations",
+                                json={"input": "short"}, timeout=30)
+            while True:  # wait until the first request is queued
+                m = httpx.get(s.base + "/metrics").text
+                if 'modserve_queue_tokens{model="tiny"} 16.0' in m:
+                    break
+            r = httpx.post(s.base + "/v1/moderations", json={"input": "long " * 50})
+            assert r.status_code == 429
+            assert r.headers["Retry-After"] == "2"
+            assert r.json()["error"]["type"] == "rate_limit_error"
+            assert first.result().status_code == 200  # the queued request is not lost
+    finally:
+        s.stop()
+
+
+async def test_not_ready_is_503(tiny_repo: Path):
+    app = create_app(Settings(model_repo=tiny_repo, model="tiny"))  # lifespan never runs
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        assert (await c.get("/health")).status_code == 200
+        r = await c.get("/ready")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        r = await c.post("/v1/moderations", json={"input": "x"})
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "not_ready"
+
+
+def test_missing_model_dir_keeps_503_with_reason(tmp_path: Path):
+    s = ServerProcess(tmp_path, model="absent")
+    try:
+        for _ in range(200):
+            try:
+                r = httpx.get(s.base + "/ready", timeout=2)
+                if "not found" in r.text:
+                    break
+            except httpx.HTTPError:
+                pass
+            import time
+
+            time.sleep(0.1)
+        assert r.status_code == 503
+        assert "absent" in r.json()["error"]["message"]
+    finally:
+        s.stop()
+
+
+def test_client_that_hangs_up_is_dropped_before_the_model(tiny_repo: Path):
+    import json
+    import socket
+    import time
+
+    s = ServerProcess(tiny_repo, MODSERVE_MAX_BATCH_WAIT_MS="3000")
+    s.wait_ready()
+    try:
+        body = json.dumps({"input": "going away"}).encode()
+        with socket.create_connection(("127.0.0.1", s.port)) as sock:
+            sock.sendall(b"POST /v1/moderations HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            while 'modserve_queue_sequences{model="tiny"} 1.0' not in httpx.get(
+                    s.base + "/metrics").text:
+                time.sleep(0.05)
+        # the client is gone; its sequence must be dropped, never run
+        t_end = time.monotonic() + 20
+        metrics = ""
+        while time.monotonic() < t_end:
+            metrics = httpx.get(s.base + "/metrics").text
+            if 'modserve_dropped_sequences_total{model="tiny",reason="cancelled"} 1.0' in metrics:
+                break
+            time.sleep(0.1)
+        assert 'reason="cancelled"} 1.0' in metrics
+        assert "modserve_batch_size_count{" not in metrics  # no batch ever ran
+        assert httpx.post(s.base + "/v1/moderations", json={"input": "still fine"},
+                          timeout=30).status_code == 200
+        s.stop()
+        log = s.output()
+        assert "Traceback" not in log and "ERROR" not in log, log[-2000:]  # a hang-up is no error
+    finally:
+        s.stop()

@@ -1,0 +1,138 @@
+"""Batcher behaviour, driven by events and futures (no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serving.engine.batcher import TokenBudgetBatcher
+from serving.errors import DeadlineExceeded, Overloaded
+
+BUCKETS = [16, 32, 64]
+FOREVER = 3600.0
+
+
+def make(max_batch_tokens: int = 64, max_batch_size: int = 100, wait_ms: float = 60_000,
+         max_queue_tokens: int = 10_000, drops: list | None = None) -> TokenBudgetBatcher:
+    on_drop = (lambda r, n: drops.append((r, n))) if drops is not None else None
+    return TokenBudgetBatcher(BUCKETS, max_batch_tokens, max_batch_size, wait_ms,
+                              max_queue_tokens, on_drop=on_drop)
+
+
+def seq(n_tokens: int, bucket: int) -> tuple[list[int], int]:
+    return (list(range(n_tokens)), bucket)
+
+
+def deadline() -> float:
+    return asyncio.get_running_loop().time() + FOREVER
+
+
+async def test_budget_counts_padding_and_cuts_full_batch_without_waiting():
+    b = make(max_batch_tokens=64)  # bucket 16 -> 4 sequences per batch
+    b.submit([seq(3, 16) for _ in range(5)], deadline())
+    batch = await asyncio.wait_for(b.next_batch(), 5)  # full: no 60 s wait
+    assert len(batch.items) == 4
+    assert batch.padded_tokens == 64 <= b.max_batch_tokens
+    assert batch.real_tokens == 12
+    assert b.queued_sequences == 1 and b.queued_tokens == 16
+
+
+async def test_batch_size_cap():
+    b = make(max_batch_tokens=10_000, max_batch_size=3)
+    b.submit([seq(3, 16) for _ in range(7)], deadline())
+    assert len((await b.next_batch()).items) == 3
+
+
+async def test_groups_by_length_bucket():
+    b = make(max_batch_tokens=64, wait_ms=0)
+    b.submit([seq(10, 16), seq(60, 64), seq(12, 16), seq(50, 64)], deadline())
+    first, second = await b.next_batch(), await b.next_batch()
+    assert {first.bucket, second.bucket} == {16, 64}
+    for batch in (first, second):
+        assert all(s.bucket == batch.bucket for s in batch.items)
+    assert sorted(len(batch.items) for batch in (first, second)) == [1, 2]
+
+
+async def test_waits_for_company_until_full():
+    b = make(max_batch_tokens=64)
+    task = asyncio.create_task(b.next_batch())
+    b.submit([seq(3, 16)], deadline())
+    await asyncio.sleep(0)  # let the consumer see the first sequence and start waiting
+    assert not task.done()
+    b.submit([seq(3, 16) for _ in range(3)], deadline())
+    batch = await asyncio.wait_for(task, 5)
+    assert len(batch.items) == 4  # cut because it filled, long before the 60 s wait
+
+
+async def test_timeout_flushes_partial_batch():
+    b = make(wait_ms=5)
+    b.submit([seq(3, 16)], deadline())
+    batch = await asyncio.wait_for(b.next_batch(), 5)
+    assert len(batch.items) == 1
+
+
+async def test_cancelled_requests_are_dropped_before_the_model():
+    drops: list = []
+    b = make(wait_ms=0, drops=drops)
+    gone, kept = b.submit([seq(3, 16), seq(4, 16)], deadline())
+    gone.cancel()
+    batch = await b.next_batch()
+    assert [s.future for s in batch.items] == [kept]
+    assert drops == [("cancelled", 1)]
+    assert b.queued_tokens == 0
+
+
+async def test_expired_deadline_fails_request_and_skips_model():
+    drops: list = []
+    b = make(wait_ms=0, drops=drops)
+    loop = asyncio.get_running_loop()
+    (late,) = b.submit([seq(3, 16)], loop.time() - 1)
+    (ok,) = b.submit([seq(3, 32)], deadline())
+    batch = await b.next_batch()
+    assert [s.future for s in batch.items] == [ok]
+    with pytest.raises(DeadlineExceeded):
+        await late
+    assert drops == [("deadline", 1)]
+
+
+async def test_error_fans_out_to_every_request_of_the_batch():
+    b = make(wait_ms=0)
+    futures = b.submit([seq(3, 16) for _ in range(3)], deadline())
+    batch = await b.next_batch()
+    boom = RuntimeError("device fell over")
+    b.fail(batch, boom)
+    for f in futures:
+        with pytest.raises(RuntimeError, match="device fell over"):
+            await f
+
+
+async def test_results_reach_their_own_request():
+    b = make(wait_ms=0)
+    futures = b.submit([seq(3, 16) for _ in range(3)], deadline())
+    batch = await b.next_batch()
+    b.complete(batch, ["a", "b", "c"])
+    assert [await f for f in futures] == ["a", "b", "c"]
+
+
+async def test_queue_bounded_in_tokens():
+    b = make(max_queue_tokens=64)
+    b.submit([seq(3, 16), seq(3, 16)], deadline())  # 32 tokens queued
+    with pytest.raises(Overloaded):
+        b.submit([seq(40, 64)], deadline())  # 32 + 64 > 64
+    assert b.queued_tokens == 32  # the refused request left nothing behind
+
+
+async def test_fail_all_answers_every_waiting_request():
+    b = make()
+    futures = b.submit([seq(3, 16), seq(30, 32)], deadline())
+    b.fail_all(RuntimeError("shutdown"))
+    for f in futures:
+        with pytest.raises(RuntimeError):
+            await f
+    assert b.queued_sequences == 0
+
+
+def test_rejects_budget_smaller_than_largest_bucket():
+    with pytest.raises(ValueError, match="largest bucket"):
+        TokenBudgetBatcher(BUCKETS, 32, 8, 1.0, 1000)

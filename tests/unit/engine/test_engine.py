@@ -1,0 +1,128 @@
+"""Engine end to end in-process with a tiny random model: batching changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.config import Settings
+from serving.engine.engine import Engine
+from serving.engine.metrics import Metrics
+from serving.errors import InferenceFailed, InvalidRequest, NotReady
+from serving.model.load import load_model
+
+TEXTS = [
+    "hello",
+    "I love this recipe, thanks for sharing it with everyone here",
+    "the meeting moved to 3pm",
+    "word " * 30,
+    "a much longer text that keeps going " * 12,  # > 64 tokens: chunked
+]
+
+
+async def started(repo: Path, core_workers: int = 1, **overrides) -> Engine:
+    settings = Settings(model_repo=repo, model="tiny", **overrides)
+    engine = Engine(load_model(repo / "tiny"), settings, Metrics(), core_workers=core_workers)
+    await engine.start()
+    return engine
+
+
+@pytest.mark.parametrize("core_workers", [1, 2])
+async def test_batched_equals_unbatched(tiny_repo: Path, core_workers: int):
+    engine = await started(tiny_repo, core_workers, max_batch_wait_ms=50)
+    try:
+        alone = [await engine.classify([t]) for t in TEXTS]
+        together = await asyncio.gather(*(engine.classify([t]) for t in TEXTS))
+        one_request = await engine.classify(TEXTS)
+    finally:
+        await engine.stop()
+    for i, a in enumerate(alone):
+        np.testing.assert_allclose(together[i].scores, a.scores, atol=1e-5)
+        np.testing.assert_allclose(one_request.scores[i], a.scores[0], atol=1e-5)
+    assert one_request.scores.dtype == np.float32
+    assert ((one_request.scores >= 0) & (one_request.scores <= 1)).all()
+
+
+async def test_long_text_scores_max_over_chunks(tiny_repo: Path):
+    engine = await started(tiny_repo, max_batch_wait_ms=0)
+    try:
+        text = " ".join(f"w{i}" for i in range(200))
+        chunks = engine.tokenizer.chunk_texts([text])
+        assert len(chunks) > 2
+        raw = engine._forward([c.ids for c in chunks], 64)  # (M, L) per chunk
+        result = await engine.classify([text])
+    finally:
+        await engine.stop()
+    expect = raw.max(axis=0)
+    cols = [result.categories.index(w) for w in engine.loaded.cfg.labels]
+    np.testing.assert_allclose(result.scores[0, cols], np.minimum(
+        expect, result.scores[0, cols]), atol=1e-6)
+    # hate (parent) is untouched by capping, so it equals the chunk max exactly
+    h = engine.loaded.cfg.labels.index("hate")
+    assert result.scores[0, result.categories.index("hate")] == pytest.approx(expect[h], abs=1e-6)
+
+
+async def test_input_over_token_limit_is_invalid_request(tiny_repo: Path):
+    engine = await started(tiny_repo, max_input_tokens=50)
+    try:
+        with pytest.raises(InvalidRequest, match="50 tokens") as e:
+            await engine.classify(["ok", "x " * 200])
+        assert e.value.param == "input[1]"
+    finally:
+        await engine.stop()
+
+
+async def test_model_failure_reaches_every_waiting_request(tiny_repo: Path):
+    engine = await started(tiny_repo, max_batch_wait_ms=20)
+
+    def broken(seqs, bucket):
+        raise RuntimeError("CUDA error: device-side assert")
+
+    engine._forward = broken  # type: ignore[method-assign]
+    try:
+        results = await asyncio.gather(*(engine.classify([t]) for t in TEXTS[:3]),
+                                       return_exceptions=True)
+    finally:
+        await engine.stop()
+    assert all(isinstance(r, InferenceFailed) for r in results)
+
+
+async def test_not_ready_before_start(tiny_repo: Path):
+    settings = Settings(model_repo=tiny_repo, model="tiny")
+    engine = Engine(load_model(tiny_repo / "tiny"), settings, Metrics())
+    with pytest.raises(NotReady):
+        await engine.classify(["hi"])
+
+
+async def test_cancelled_request_never_reaches_model(tiny_repo: Path):
+    engine = await started(tiny_repo, max_batch_wait_ms=60_000, max_batch_tokens=16384)
+    try:
+        task = asyncio.create_task(engine.classify(["hello"]))
+        while engine.batcher.queued_sequences == 0:
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        ok = asyncio.create_task(engine.classify(["x " * 60]))  # bucket 64: fills nothing
+        while not engine.batcher._queues[64]:
+            await asyncio.sleep(0)
+        engine.batcher.max_wait_s = 0.0
+        engine.batcher._wakeup.set()
+        await ok
+        dropped = engine.metrics.dropped.labels("tiny", "cancelled")._value.get()
+        assert dropped == 1
+    finally:
+        await engine.stop()
+
+
+async def test_cpu_batch_token_budget_defaults_to_the_threads_per_worker(tiny_repo: Path):
+    import torch
+
+    engine = await started(tiny_repo)  # MODSERVE_MAX_BATCH_TOKENS unset: auto
+    try:
+        expect = max(1024 * torch.get_num_threads(), engine.buckets[-1])
+        assert engine.batcher.max_batch_tokens == expect
+    finally:
+        await engine.stop()

@@ -1,0 +1,207 @@
+"""CPU int8 (serving/model/quantize.py): what the int8 encoder computes, compiled and eager."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from serving.model import quantize
+from serving.model.quantize import (
+    SMOOTHING_FILE,
+    Int8Linear,
+    load_smoothing,
+    quantize_encoder_int8,
+    save_smoothing,
+    smoothing_factors,
+)
+
+
+def _encoder(seed: int = 0) -> BertModel:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=64)
+    return BertModel(cfg, add_pooling_layer=False).eval()
+
+
+def _inputs(batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(batch * 100 + length)
+    ids = torch.randint(5, 500, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2 :] = 0  # one padded row
+    return ids, mask
+
+
+def _hidden(enc: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return enc(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def test_every_linear_is_int8_and_close_to_fp32() -> None:
+    ref = _encoder()
+    q = quantize_encoder_int8(copy.deepcopy(ref), compile_model=False)
+    assert not any(isinstance(m, nn.Linear) for m in q.modules())
+    layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 2 * 6  # q, k, v, attn-out, ffn-in, ffn-out per layer
+    for lin in layers:  # int8 weights, one scale per output channel
+        assert lin.weight_t.dtype == torch.int8
+        assert lin.weight_scale.shape == (lin.out_features,)
+    ids, mask = _inputs(3, 17)
+    a, b = _hidden(ref, ids, mask), _hidden(q, ids, mask)
+    assert not torch.equal(a, b)  # really quantized
+    # W8A8 on a random 2-layer encoder: hidden states stay within a few % of fp32
+    rel = (a - b).norm() / a.norm()
+    assert rel < 0.05, float(rel)
+
+
+def test_int8_linear_matches_hand_computed_asymmetric_quantisation() -> None:
+    """One token, hand-checkable: weights per row, activations asymmetric over [lo, hi]."""
+    lin = nn.Linear(4, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -0.5, 0.25, 0.0], [0.1, 0.2, 0.3, -0.4]]))
+        lin.bias.copy_(torch.tensor([0.5, -1.0]))
+    x = torch.tensor([[-0.17, 0.0, 2.0, 0.55]])  # a GELU-like input: small negative floor
+    qlin = Int8Linear(lin)
+    # activations: 255 levels over [-0.17, 2.0]; exact for values on the grid
+    scale = 2.17 / 255
+    zero = round(-128 + 0.17 / scale)
+    xq = [(min(127, max(-128, round(v / scale + zero))) - zero) * scale for v in x[0].tolist()]
+    wq = [[round(w / (max(abs(r) for r in row) / 127)) * max(abs(r) for r in row) / 127
+           for w in row] for row in lin.weight.tolist()]
+    expected = [sum(a * b for a, b in zip(xq, row, strict=True)) + bias
+                for row, bias in zip(wq, [0.5, -1.0], strict=True)]
+    with torch.inference_mode():
+        got = qlin(x)
+    torch.testing.assert_close(got, torch.tensor([expected]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, lin(x).detach(), atol=0.02, rtol=0.0)
+
+
+def test_smoothing_keeps_the_function_and_shrinks_error_on_outlier_channels() -> None:
+    """x / s @ (W * s)^T == x @ W^T; with an outlier input channel, smoothing cuts the error."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    x = torch.randn(256, 64)
+    x[:, 3] *= 60.0  # one outlier channel, as BERT hidden states have
+    factors = smoothing_factors(nn.Sequential(lin), lambda: lin(x))
+    assert set(factors) == {"0"} and factors["0"].shape == (64,)
+    assert factors["0"][3] == factors["0"].max()  # the outlier channel gets the largest factor
+    with torch.inference_mode():
+        ref = lin(x)
+        plain = Int8Linear(lin)(x)
+        smooth = Int8Linear(lin, factors["0"])(x)
+    err_plain, err_smooth = (plain - ref).abs().mean(), (smooth - ref).abs().mean()
+    assert err_smooth < 0.7 * err_plain, (float(err_smooth), float(err_plain))
+
+
+def test_smoothing_file_round_trip(tmp_path: Path) -> None:
+    enc = _encoder(3)
+    ids, mask = _inputs(4, 20)
+    factors = smoothing_factors(enc, lambda: enc(input_ids=ids, attention_mask=mask))
+    assert len(factors) == 12
+    save_smoothing(factors, tmp_path)
+    loaded = load_smoothing(tmp_path)
+    assert loaded is not None and loaded.keys() == factors.keys()
+    a = quantize_encoder_int8(copy.deepcopy(enc), factors, compile_model=False)
+    b = quantize_encoder_int8(copy.deepcopy(enc), loaded, compile_model=False)
+    assert all(m.inv_smoothing is not None for m in b.modules() if isinstance(m, Int8Linear))
+    torch.testing.assert_close(_hidden(a, ids, mask), _hidden(b, ids, mask))
+
+
+def test_missing_smoothing_file_warns_and_runs_unsmoothed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="serving.model.quantize"):
+        assert load_smoothing(tmp_path) is None
+    assert SMOOTHING_FILE in caplog.text
+
+
+def test_compiled_matches_eager_across_shapes() -> None:
+    eager = quantize_encoder_int8(copy.deepcopy(_encoder(1)), compile_model=False)
+    compiled = quantize_encoder_int8(copy.deepcopy(_encoder(1)), compile_model=True)
+    assert compiled.forward is not eager.forward
+    for batch, length in [(1, 16), (2, 16), (5, 33), (3, 64)]:  # batch 1 + dynamic shapes
+        ids, mask = _inputs(batch, length)
+        torch.testing.assert_close(_hidden(compiled, ids, mask), _hidden(eager, ids, mask),
+                                   atol=2e-3, rtol=2e-3)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    def broken_compile(fn, **_kw):  # type: ignore[no-untyped-def]
+        def run(*_a, **_k):  # type: ignore[no-untyped-def]
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(quantize.torch, "compile", broken_compile)
+    expected = quantize_encoder_int8(copy.deepcopy(_encoder(2)), compile_model=False)
+    enc = quantize_encoder_int8(copy.deepcopy(_encoder(2)), compile_model=True)
+    ids, mask = _inputs(2, 16)
+    with caplog.at_level(logging.WARNING, logger="serving.model.quantize"):
+        out = _hidden(enc, ids, mask)
+    assert "no C++ compiler found" in caplog.text
+    torch.testing.assert_close(out, _hidden(expected, ids, mask))
+    caplog.clear()
+    _hidden(enc, ids, mask)  # eager from now on: no second warning
+    assert caplog.text == ""
+
+
+def test_compile_knob(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, on in [("0", False), ("off", False), ("1", True), ("", True)]:
+        monkeypatch.setenv(quantize.COMPILE_ENV, value)
+        assert quantize.compile_enabled() is on
+
+
+def test_compiled_kernels_let_other_python_threads_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event loop and a second core thread must not stall while an int8 kernel runs.
+
+    A counter thread ticks alone for a while (its rate), then while one single-threaded
+    compiled kernel runs on the other core. With the GIL held through the C++ loop it could
+    only tick when the compiled wrapper's Python drops the GIL around the kernel.
+    """
+    assert quantize.release_gil_in_inductor_kernels()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # compiled into the kernel: it leaves a core to the counter
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+
+    @torch.compile(dynamic=True)
+    def heavy(x: torch.Tensor) -> torch.Tensor:  # one fused C++ loop
+        for _ in range(8):
+            x = torch.sin(x) * 1.0001 + torch.cos(x)
+        return x
+
+    try:
+        x = torch.rand(16_000_000)
+        heavy(x[:1000])  # compiles outside the measurement
+        ticks, running = [0], threading.Event()
+
+        def count() -> None:
+            running.set()
+            while running.is_set():
+                ticks[0] += 1
+
+        t = threading.Thread(target=count)
+        t.start()
+        running.wait()
+        before, t0 = ticks[0], time.perf_counter()
+        time.sleep(0.2)
+        rate = (ticks[0] - before) / (time.perf_counter() - t0)
+        shares, seconds = [], 0.0
+        for _ in range(3):  # the best of 3: a busy CI machine only ever lowers it
+            before, t0 = ticks[0], time.perf_counter()
+            heavy(x)
+            seconds = time.perf_counter() - t0
+            shares.append((ticks[0] - before) / (rate * seconds))
+        running.clear()
+        t.join()
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(threads)
+    assert seconds > 0.1, f"the kernel must run long enough to tell ({seconds:.3f} s)"
+    # measured: ~0.55-0.65 with the GIL released, ~0.2 without
+    assert max(shares) > 0.4, f"the counter ran {max(shares):.0%} of its free rate meanwhile"
