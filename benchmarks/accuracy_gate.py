@@ -34,6 +34,8 @@ from training.evaluate import score_heads
 from training.gate import DEFAULT_MAX_AUPRC_DROP, DEFAULT_SCORE_TOL, compare
 
 RESULTS_DIR = Path(__file__).parent / "results"
+
+
 def parse_tols(items: list[str]) -> dict[str, float]:
     return {**DEFAULT_SCORE_TOL, **D.parse_assignments(items, "--score-tol", "precision=value")}
 

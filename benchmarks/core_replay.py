@@ -54,8 +54,14 @@ def isolated_core_seconds(
         forward()  # int8: compiles here, outside the timing
         seconds = seconds_per_batch(forward, workers, min_time_s)
         total += batches * seconds
-        rows.append({"bucket": bucket, "batches": int(batches), "batch_size": size,
-                     "ms_per_batch": round(seconds * 1e3, 2)})
+        rows.append(
+            {
+                "bucket": bucket,
+                "batches": int(batches),
+                "batch_size": size,
+                "ms_per_batch": round(seconds * 1e3, 2),
+            }
+        )
     return {"core_seconds": round(total, 3), "workers": workers, "buckets": rows}
 
 

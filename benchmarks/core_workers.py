@@ -33,8 +33,16 @@ from tqdm import tqdm
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
-def measure(model_dir: Path, dtype: str, workers: int, release_gil: bool, contender: bool,
-            batch: int, length: int, forwards: int) -> dict:
+def measure(
+    model_dir: Path,
+    dtype: str,
+    workers: int,
+    release_gil: bool,
+    contender: bool,
+    batch: int,
+    length: int,
+    forwards: int,
+) -> dict:
     """In this process: tokens/s of ``forwards`` forwards split over ``workers`` threads."""
     import torch
 
@@ -49,8 +57,9 @@ def measure(model_dir: Path, dtype: str, workers: int, release_gil: bool, conten
     apply_cpu_layout(Settings(cpu_workers=workers, cpu_threads=0))  # as the server does
     loaded = load_for_bench(model_dir, "cpu", dtype)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, int(loaded.model.encoder.config.vocab_size), (batch, length),
-                        generator=gen)
+    ids = torch.randint(
+        1000, int(loaded.model.encoder.config.vocab_size), (batch, length), generator=gen
+    )
     mask = torch.ones(batch, length, dtype=torch.long)
 
     def forward() -> None:
@@ -79,10 +88,15 @@ def measure(model_dir: Path, dtype: str, workers: int, release_gil: bool, conten
     if side:
         side.join()
     done = forwards // workers * workers
-    return {"dtype": dtype, "workers": workers, "threads_per_worker": torch.get_num_threads(),
-            "release_gil": release_gil, "contender": contender,
-            "tokens_per_s": round(done * batch * length / wall, 1),
-            "contender_loops_per_s": round(loops[0] / wall, 1) if contender else None}
+    return {
+        "dtype": dtype,
+        "workers": workers,
+        "threads_per_worker": torch.get_num_threads(),
+        "release_gil": release_gil,
+        "contender": contender,
+        "tokens_per_s": round(done * batch * length / wall, 1),
+        "contender_loops_per_s": round(loops[0] / wall, 1) if contender else None,
+    }
 
 
 def configurations(dtypes: list[str], max_workers: int) -> list[dict]:
@@ -91,15 +105,29 @@ def configurations(dtypes: list[str], max_workers: int) -> list[dict]:
         for contender in (False, True):
             for workers in sorted({1, max_workers}):
                 gils = (False, True) if dtype == "int8" else (False,)
-                out += [{"dtype": dtype, "workers": workers, "release_gil": g,
-                         "contender": contender} for g in gils]
+                out += [
+                    {"dtype": dtype, "workers": workers, "release_gil": g, "contender": contender}
+                    for g in gils
+                ]
     return out
 
 
 def run_child(args: argparse.Namespace, cfg: dict) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.core_workers", "--child", json.dumps(cfg),
-           "--model-dir", str(args.model_dir), "--batch", str(args.batch),
-           "--length", str(args.length), "--forwards", str(args.forwards)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.core_workers",
+        "--child",
+        json.dumps(cfg),
+        "--model-dir",
+        str(args.model_dir),
+        "--batch",
+        str(args.batch),
+        "--length",
+        str(args.length),
+        "--forwards",
+        str(args.forwards),
+    ]
     env = {**os.environ, "MODSERVE_INT8_COMPILE": "1"}
     env.pop("OMP_NUM_THREADS", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -109,13 +137,18 @@ def run_child(args: argparse.Namespace, cfg: dict) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| dtype | workers x threads | GIL released in kernels | event-loop contender | "
-             "tokens/s | contender loops/s |", "|---|---|---|---|---:|---:|"]
+    lines = [
+        "| dtype | workers x threads | GIL released in kernels | event-loop contender | "
+        "tokens/s | contender loops/s |",
+        "|---|---|---|---|---:|---:|",
+    ]
     for r in rows:
         gil = ("yes" if r["release_gil"] else "no") if r["dtype"] == "int8" else "n/a (eager)"
-        lines.append(f"| {r['dtype']} | {r['workers']} x {r['threads_per_worker']} | {gil} | "
-                     f"{'yes' if r['contender'] else 'no'} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['contender_loops_per_s'] if r['contender'] else ''} |")
+        lines.append(
+            f"| {r['dtype']} | {r['workers']} x {r['threads_per_worker']} | {gil} | "
+            f"{'yes' if r['contender'] else 'no'} | {r['tokens_per_s']:,.0f} | "
+            f"{r['contender_loops_per_s'] if r['contender'] else ''} |"
+        )
     return "\n".join(lines)
 
 
@@ -125,9 +158,11 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['dtype']} {r['workers']}x{r['threads_per_worker']}"
-              f"{' gil-free' if r['release_gil'] else ''}{' +loop' if r['contender'] else ''}"
-              for r in rows]
+    labels = [
+        f"{r['dtype']} {r['workers']}x{r['threads_per_worker']}"
+        f"{' gil-free' if r['release_gil'] else ''}{' +loop' if r['contender'] else ''}"
+        for r in rows
+    ]
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
     ax.barh(labels, [r["tokens_per_s"] for r in rows], color="tab:blue")
     ax.invert_yaxis()
@@ -140,8 +175,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", type=Path, default=None,
-                    help="model_repo folder (default: the packaged encoder, random head)")
+    ap.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="model_repo folder (default: the packaged encoder, random head)",
+    )
     ap.add_argument("--dtypes", default="int8,float32")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--length", type=int, default=64)
@@ -160,9 +199,20 @@ def main(argv: list[str] | None = None) -> int:
         args.model_dir = packaged_encoder_dir()
     if args.child:
         cfg = json.loads(args.child)
-        print(json.dumps(measure(args.model_dir, cfg["dtype"], cfg["workers"],
-                                 cfg["release_gil"], cfg["contender"], args.batch,
-                                 args.length, args.forwards)))
+        print(
+            json.dumps(
+                measure(
+                    args.model_dir,
+                    cfg["dtype"],
+                    cfg["workers"],
+                    cfg["release_gil"],
+                    cfg["contender"],
+                    args.batch,
+                    args.length,
+                    args.forwards,
+                )
+            )
+        )
         return 0
     from benchmarks.probes import machine_info
     from benchmarks.report import save_json_and_plot
@@ -170,16 +220,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.dtypes, args.forwards = "int8", 8
     cores = len(os.sched_getaffinity(0))
-    rows = [run_child(args, cfg)
-            for cfg in tqdm(configurations(args.dtypes.split(","), cores), desc="layouts")]
+    rows = [
+        run_child(args, cfg)
+        for cfg in tqdm(configurations(args.dtypes.split(","), cores), desc="layouts")
+    ]
     print(table(rows))
     result = {
         "command": shlex.join(["python", "-m", "benchmarks.core_workers", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {**machine_info(), "cores_used": cores,
-                    "load_average_1min_at_end": round(os.getloadavg()[0], 2)},
-        "batch": args.batch, "length": args.length, "forwards": args.forwards,
-        "model_dir": str(args.model_dir), "rows": rows,
+        "machine": {
+            **machine_info(),
+            "cores_used": cores,
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        },
+        "batch": args.batch,
+        "length": args.length,
+        "forwards": args.forwards,
+        "model_dir": str(args.model_dir),
+        "rows": rows,
     }
     stem = f"core_workers-{result['date'][:10]}" + ("-quick" if args.quick else "")
     save_json_and_plot(result, args.out_dir, stem, lambda path: plot(rows, path))

@@ -33,7 +33,13 @@ from benchmarks.workload import describe, make_requests, token_counts
 DEFAULT_MODEL_DIR = Path("model_repo/modserve-moderation-minilm")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ALL_KINDS = (
-    "modserve", "modserve-int8", "modserve-grpc", "modserve-ray", "naive", "ray-batch", "infinity"
+    "modserve",
+    "modserve-int8",
+    "modserve-grpc",
+    "modserve-ray",
+    "naive",
+    "ray-batch",
+    "infinity",
 )
 
 
@@ -66,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="model_repo folder (or a bare HF encoder: random head) all servers load",
     )
     p.add_argument("--n-requests", type=int, default=2000, help="workload size (cycled)")
-    p.add_argument("--no-core-replay", action="store_true",
-                   help="skip timing the model core alone on each modserve kind's batches")
+    p.add_argument(
+        "--no-core-replay",
+        action="store_true",
+        help="skip timing the model core alone on each modserve kind's batches",
+    )
     p.add_argument("--seed", type=int, default=0, help="fixes the workload and arrivals")
     p.add_argument("--duration-s", type=float, default=6.0, help="window per sweep point")
     p.add_argument("--warmup-s", type=float, default=2.0)
@@ -91,8 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--arrival", choices=("poisson", "constant"), default="poisson")
     p.add_argument("--slo-p99-ms", type=float, default=200.0)
-    p.add_argument("--slo-on", choices=("interactive", "all"), default="interactive",
-                   help="p99 of chat/comment requests only, or of every request")
+    p.add_argument(
+        "--slo-on",
+        choices=("interactive", "all"),
+        default="interactive",
+        help="p99 of chat/comment requests only, or of every request",
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -140,7 +153,10 @@ async def _sweep_target(
 
 
 def run_kind(
-    kind: str, model_dir: Path, workload: tuple[list[Any], list[int]], cfg: SweepConfig,
+    kind: str,
+    model_dir: Path,
+    workload: tuple[list[Any], list[int]],
+    cfg: SweepConfig,
     core_replay: bool = True,
 ) -> dict[str, Any]:
     """Start ``kind``, sweep it, stop it; for modserve kinds, replay the batches of its best
@@ -239,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         for kind in [k for k in a.servers.split(",") if k]:
             if kind not in ALL_KINDS:
                 raise SystemExit(f"unknown server {kind!r}; choose from {ALL_KINDS} ({KINDS})")
-            results["servers"][kind] = run_kind(kind, model_dir, workload, cfg,
-                                                not a.no_core_replay)
+            results["servers"][kind] = run_kind(
+                kind, model_dir, workload, cfg, not a.no_core_replay
+            )
             if "error" in results["servers"][kind]:
                 print(f"{kind}: {results['servers'][kind]['error'][:300]}", file=sys.stderr)
     results["headline"] = headline(results)
@@ -283,8 +300,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             f"max_throughput_{key}_over_naive": _max_ratio(servers, kind, "naive"),
             f"{key}_over_infinity": over("infinity"),
             f"{key}_over_core_same_batches": replay.get("server_over_core_throughput"),
-            f"core_ceiling_{key}_over_naive": _over_max(replay.get("core_only_inputs_per_s"),
-                                                        servers, "naive"),
+            f"core_ceiling_{key}_over_naive": _over_max(
+                replay.get("core_only_inputs_per_s"), servers, "naive"
+            ),
         }
 
     return {

@@ -75,21 +75,26 @@ def scrape_batch_stats(base_url: str) -> dict[str, Any]:
     return {}
 
 
-def batch_stats_delta(before: dict[str, Any], after: dict[str, Any],
-                      wall_s: float | None = None) -> dict[str, Any]:
+def batch_stats_delta(
+    before: dict[str, Any], after: dict[str, Any], wall_s: float | None = None
+) -> dict[str, Any]:
     """Mean batch size, padding ratio (padded / real tokens, 1.0 = no padding) in between;
     serving efficiency (core seconds / ``wall_s``) when the server exposes its forward time."""
     if not before or not after:
         return {"padding_ratio": None, "mean_batch_size": None, "serving_efficiency": None}
     d = {k: after[k] - before[k] for k in _PROM}
-    core_s = (after["model_seconds"] - before["model_seconds"]
-              if "model_seconds" in before and "model_seconds" in after else None)
+    core_s = (
+        after["model_seconds"] - before["model_seconds"]
+        if "model_seconds" in before and "model_seconds" in after
+        else None
+    )
     prev = before.get("per_bucket", {})
-    per_bucket = {b: [n - prev.get(b, [0.0, 0.0])[0], q - prev.get(b, [0.0, 0.0])[1]]
-                  for b, (n, q) in after.get("per_bucket", {}).items()}
+    per_bucket = {
+        b: [n - prev.get(b, [0.0, 0.0])[0], q - prev.get(b, [0.0, 0.0])[1]]
+        for b, (n, q) in after.get("per_bucket", {}).items()
+    }
     return {
-        "serving_efficiency": round(core_s / wall_s, 3) if core_s is not None and wall_s
-        else None,
+        "serving_efficiency": round(core_s / wall_s, 3) if core_s is not None and wall_s else None,
         "core_padded_tokens_per_s": round(d["padded_tokens"] / core_s) if core_s else None,
         "wall_s": round(wall_s, 3) if wall_s else None,
         # {bucket length: [batches, sequences]} run in between: the batch composition

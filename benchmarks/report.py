@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 
-def save_json_and_plot(result: dict[str, Any], out_dir: Path, stem: str,
-                       plot_to: Callable[[Path], None]) -> None:
+def save_json_and_plot(
+    result: dict[str, Any], out_dir: Path, stem: str, plot_to: Callable[[Path], None]
+) -> None:
     """Write ``<out_dir>/<stem>.json`` and the PNG ``plot_to`` draws at ``<stem>.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -43,8 +43,7 @@ class SweepConfig:
     progress: bool = True
 
 
-def meets_slo(summary: dict[str, Any], slo_p99_ms: float, slo_on: str = "interactive"
-              ) -> bool:
+def meets_slo(summary: dict[str, Any], slo_p99_ms: float, slo_on: str = "interactive") -> bool:
     key = "interactive_latency_ms" if slo_on == "interactive" else "latency_ms"
     p99 = summary[key]["p99"]
     return p99 is not None and p99 <= slo_p99_ms and summary["error_rate"] <= MAX_ERROR_RATE

@@ -114,16 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP + gRPC server (one process, embedded model)")
     _add(serve, _MODEL_FLAGS + _SERVE_FLAGS)
-    serve.add_argument("--ray", action="store_true",
-                       help="run as Ray Serve deployments (ingress + classifier replicas); "
-                       "scaling from MODSERVE_RAY_* variables")
+    serve.add_argument(
+        "--ray",
+        action="store_true",
+        help="run as Ray Serve deployments (ingress + classifier replicas); "
+        "scaling from MODSERVE_RAY_* variables",
+    )
     serve.set_defaults(func=cmd_serve)
     classify = sub.add_parser("classify", help="classify text and print the moderation JSON")
     classify.add_argument("text", nargs="+", help="one or more texts")
     _add(classify, _MODEL_FLAGS)
     classify.set_defaults(func=cmd_classify)
-    bench = sub.add_parser("bench", help="load test modserve and peers (benchmarks.load)",
-                           add_help=False)
+    bench = sub.add_parser(
+        "bench", help="load test modserve and peers (benchmarks.load)", add_help=False
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=lambda a: cmd_bench(a.rest))
     for name, help_ in (

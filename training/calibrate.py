@@ -77,7 +77,11 @@ def thresholds_for(
 
 
 def reliability_plot(
-    cfg: ModelConfig, labels: np.ndarray, mask: np.ndarray, scores: np.ndarray, path: Path,
+    cfg: ModelConfig,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    scores: np.ndarray,
+    path: Path,
     bins: int = 10,
 ) -> Path:
     """One subplot per trained head: mean predicted score vs observed positive rate."""
@@ -148,12 +152,15 @@ def validation_examples(
         return split_from_run(Path(run_dir), cfg.served_categories)[1]
     if not data:
         raise ValueError("give --run-dir or --data")
-    return D.load_examples(data, cfg.served_categories, exclude_license=(), dedup=False,
-                           fill_hierarchy=False)
+    return D.load_examples(
+        data, cfg.served_categories, exclude_license=(), dedup=False, fill_hierarchy=False
+    )
 
 
 def calibrate(
-    model_dir: str | Path, run_dir: str | Path | None = None, data: Sequence[str] | None = None,
+    model_dir: str | Path,
+    run_dir: str | Path | None = None,
+    data: Sequence[str] | None = None,
     **kw: Any,
 ) -> ModelConfig:
     from training.evaluate import score_served
@@ -167,8 +174,11 @@ def calibrate(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modserve calibrate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="modserve calibrate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model-dir", required=True, help="model_repo/<name>")
     p.add_argument("--run-dir", default=None, help="reuse this training run's validation split")
     p.add_argument("--data", nargs="*", default=None, help="or: validation JSONL files/dirs")
@@ -185,8 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(2)
     a = build_parser().parse_args(argv)
-    cfg = calibrate(a.model_dir, a.run_dir, a.data, floor=a.floor, ceiling=a.ceiling,
-                    min_positives=a.min_positives, fallback=a.fallback)
+    cfg = calibrate(
+        a.model_dir,
+        a.run_dir,
+        a.data,
+        floor=a.floor,
+        ceiling=a.ceiling,
+        min_positives=a.min_positives,
+        fallback=a.fallback,
+    )
     print(cfg.thresholds)
     return 0
 

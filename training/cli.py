@@ -35,8 +35,12 @@ def export_main(argv: list[str] | None = None) -> int:
     return main(argv)
 
 
-COMMANDS = {"train": train_main, "eval": eval_main, "calibrate": calibrate_main,
-            "export": export_main}
+COMMANDS = {
+    "train": train_main,
+    "eval": eval_main,
+    "calibrate": calibrate_main,
+    "export": export_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

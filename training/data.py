@@ -70,8 +70,13 @@ ASSUMED_NEGATIVES: dict[str, tuple[str, ...]] = {
     "suicidal_ideation_twitter": _SUICIDE,
     "suicidal_posts_mixed": _SUICIDE,
     "trigger_warning_violence_passages": ("harassment", "harassment/threatening"),
-    "nsfw_subreddit_comments": ("hate", "hate/threatening", "harassment/threatening",
-                                *_SH, "violence"),
+    "nsfw_subreddit_comments": (
+        "hate",
+        "hate/threatening",
+        "harassment/threatening",
+        *_SH,
+        "violence",
+    ),
     "genocide_tribunal_testimony": ("harassment", "harassment/threatening"),
 }
 

@@ -67,13 +67,18 @@ def score_served(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 64
     return served_scores(heads, texts, loaded.cfg)
 
 
-def report(
-    cfg: ModelConfig, labels: np.ndarray, mask: np.ndarray, scores: np.ndarray
-) -> dict:
+def report(cfg: ModelConfig, labels: np.ndarray, mask: np.ndarray, scores: np.ndarray) -> dict:
     """Metrics dict for served-order ``labels``/``mask``/``scores``."""
     names = cfg.served_categories
-    cats = M.per_category(labels, scores, mask, names, cfg.thresholds, cfg.default_threshold,
-                          predictions=PostProcessor(cfg).flags(scores))
+    cats = M.per_category(
+        labels,
+        scores,
+        mask,
+        names,
+        cfg.thresholds,
+        cfg.default_threshold,
+        predictions=PostProcessor(cfg).flags(scores),
+    )
     truth, fscore = M.flagged_truth_and_score(labels, scores, mask, known_only=True)
     _, fscore_all = M.flagged_truth_and_score(labels, scores, mask, known_only=False)
     return {
@@ -100,13 +105,18 @@ def format_table(rep: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for c, v in rep["per_category"].items():
-        lines.append(f"| {c} | {v['positives']} | {v['negatives']} | {f(v['auprc'])} | "
-                     f"{f(v['f1'])} | {v['threshold']:.2f} |")
+        lines.append(
+            f"| {c} | {v['positives']} | {v['negatives']} | {f(v['auprc'])} | "
+            f"{f(v['f1'])} | {v['threshold']:.2f} |"
+        )
     fl = rep["flagged"]
-    lines.append(f"| **flagged (any known)** | {fl['positives']} | {fl['negatives']} | "
-                 f"{f(fl['auprc'])} | | |")
-    lines.append(f"| flagged, max over all categories | | | "
-                 f"{f(fl['auprc_max_over_all_categories'])} | | |")
+    lines.append(
+        f"| **flagged (any known)** | {fl['positives']} | {fl['negatives']} | "
+        f"{f(fl['auprc'])} | | |"
+    )
+    lines.append(
+        f"| flagged, max over all categories | | | {f(fl['auprc_max_over_all_categories'])} | | |"
+    )
     return "\n".join(lines)
 
 
@@ -129,8 +139,13 @@ def evaluate(
 ) -> dict:
     """Evaluate ``model_dir`` on JSONL files (either layout); prints a table, writes JSON."""
     loaded = load_model(Path(model_dir), "cpu", dtype)
-    ex = D.load_examples(data_paths, loaded.cfg.served_categories, exclude_license=(),
-                         dedup=False, fill_hierarchy=False)
+    ex = D.load_examples(
+        data_paths,
+        loaded.cfg.served_categories,
+        exclude_license=(),
+        dedup=False,
+        fill_hierarchy=False,
+    )
     if max_rows is not None and len(ex) > max_rows:
         ex = D.subsample_stratified(ex, max_rows)
     rep, _ = evaluate_examples(loaded, ex, batch_size)
@@ -143,8 +158,11 @@ def evaluate(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modserve eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="modserve eval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model-dir", required=True, help="model_repo/<name>")
     p.add_argument("--data", nargs="+", required=True, help="JSONL(.gz) files or dirs")
     p.add_argument("--out", default=None, help="write the metrics JSON here")

@@ -47,7 +47,10 @@ SMOOTHING_TEXTS = 512  # training texts the int8 smoothing factors are measured 
 
 
 def write_model_dir(
-    model: ModerationModel, tokenizer_dir: Path, cfg: ModelConfig, model_dir: Path,
+    model: ModerationModel,
+    tokenizer_dir: Path,
+    cfg: ModelConfig,
+    model_dir: Path,
     weight_dtype: torch.dtype = torch.float16,
 ) -> Path:
     """config.yaml + <version>/{config.json, tokenizer files, model.safetensors}."""
@@ -60,27 +63,42 @@ def write_model_dir(
     return model_dir
 
 
-def int8_gate(cfg: ModelConfig, labels: np.ndarray, mask: np.ndarray, fp32: np.ndarray,
-              int8: np.ndarray, fp32_rep: dict, int8_rep: dict,
-              max_auprc_drop: float = DEFAULT_MAX_AUPRC_DROP) -> dict:
+def int8_gate(
+    cfg: ModelConfig,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    fp32: np.ndarray,
+    int8: np.ndarray,
+    fp32_rep: dict,
+    int8_rep: dict,
+    max_auprc_drop: float = DEFAULT_MAX_AUPRC_DROP,
+) -> dict:
     """``training.gate.compare`` on served scores, plus the flagged AUPRC drop.
 
     ``int8_ok`` only if every category's AUPRC drop and the flagged drop are within
     ``max_auprc_drop`` and no score moved by more than the int8 score tolerance.
     """
-    res = compare(labels, mask, fp32, int8, cfg.served_categories, max_auprc_drop,
-                  DEFAULT_SCORE_TOL["int8"])
-    drops = {w: round(c["auprc_drop"], 5) for w, c in res["categories"].items()
-             if not math.isnan(c["auprc_drop"])}
+    res = compare(
+        labels, mask, fp32, int8, cfg.served_categories, max_auprc_drop, DEFAULT_SCORE_TOL["int8"]
+    )
+    drops = {
+        w: round(c["auprc_drop"], 5)
+        for w, c in res["categories"].items()
+        if not math.isnan(c["auprc_drop"])
+    }
     drops["flagged"] = round(fp32_rep["flagged"]["auprc"] - int8_rep["flagged"]["auprc"], 5)
     failures = list(res["failures"])
     if drops["flagged"] > max_auprc_drop:
         failures.append(f"flagged AUPRC drop {drops['flagged']:.4f}")
-    return {"tolerance": max_auprc_drop, "auprc_drop": drops,
-            "score_tol": res["score_tol"],
-            "max_abs_score_diff": round(res["max_abs_score_diff"], 5),
-            "p99_abs_score_diff": round(res["p99_abs_score_diff"], 5),
-            "failures": failures, "int8_ok": not failures}
+    return {
+        "tolerance": max_auprc_drop,
+        "auprc_drop": drops,
+        "score_tol": res["score_tol"],
+        "max_abs_score_diff": round(res["max_abs_score_diff"], 5),
+        "p99_abs_score_diff": round(res["p99_abs_score_diff"], 5),
+        "failures": failures,
+        "int8_ok": not failures,
+    }
 
 
 def cross_category_flag_rate(
@@ -92,8 +110,11 @@ def cross_category_flag_rate(
     out: dict[str, dict[str, float]] = {}
     for w in cfg.labels:
         j = served.index(w)
-        rows = [i for i, e in enumerate(val)
-                if mask[i, j] == 0 and w in D.ASSUMED_NEGATIVES.get(e.source, ())]
+        rows = [
+            i
+            for i, e in enumerate(val)
+            if mask[i, j] == 0 and w in D.ASSUMED_NEGATIVES.get(e.source, ())
+        ]
         if rows:
             rate = float(np.mean(scores[rows, j] >= cfg.threshold(w)))
             out[w] = {"rows": len(rows), "flag_rate": round(rate, 4)}
@@ -127,16 +148,17 @@ def ship(
         val = D.subsample_stratified(val, max_val_rows)
     texts, y, m = D.stack(val)
     log.info("scoring %d validation rows (fp32)", len(texts))
-    s32 = served_scores(score_heads(loaded.model, loaded.tokenizer, loaded.cfg, texts),
-                        texts, loaded.cfg)
+    s32 = served_scores(
+        score_heads(loaded.model, loaded.tokenizer, loaded.cfg, texts), texts, loaded.cfg
+    )
     cfg = calibrate_arrays(model_dir, y, m, s32, **(calib_kw or {}))
     rep32 = report(cfg, y, m, s32)
 
     calib = [e.text for e in random.Random(0).sample(train, min(SMOOTHING_TEXTS, len(train)))]
     log.info("int8 smoothing factors from %d training texts", len(calib))
     factors = smoothing_factors(
-        loaded.model.encoder,
-        lambda: score_heads(loaded.model, loaded.tokenizer, loaded.cfg, calib))
+        loaded.model.encoder, lambda: score_heads(loaded.model, loaded.tokenizer, loaded.cfg, calib)
+    )
     save_smoothing(factors, cfg.version_dir(model_dir))
     log.info("scoring %d validation rows (int8 W8A8, serving.model.quantize)", len(texts))
     qmodel = copy.deepcopy(loaded.model)
@@ -159,20 +181,30 @@ def ship(
     hist = run_dir / "history.json"
     if hist.is_file():
         run_info["val_history"] = [
-            {"step": h["step"], "minutes": round(h["minutes"], 1),
-             "flagged_auprc": h["flagged_auprc"], "mean_auprc": h["mean_auprc"],
-             "score": h["score"]}
+            {
+                "step": h["step"],
+                "minutes": round(h["minutes"], 1),
+                "flagged_auprc": h["flagged_auprc"],
+                "mean_auprc": h["mean_auprc"],
+                "score": h["score"],
+            }
             for h in json.loads(hist.read_text())
         ]
     source_counts: dict[str, int] = {}
     for e in val:
         source_counts[e.source] = source_counts.get(e.source, 0) + 1
     by_source = M.flagged_by_source(y, s32, m, [e.source for e in val])
-    out = {"fp32": rep32, "int8": rep8, "int8_gate": gate, "checkpoint": which,
-           "flagged_by_source": by_source,
-           "validation_rows_per_source": source_counts, "run": run_info,
-           "assumed_negative_flag_rate": bleed,
-           "score_max_abs_diff_int8": float(np.abs(s32 - s8).max()) if len(s8) else 0.0}
+    out = {
+        "fp32": rep32,
+        "int8": rep8,
+        "int8_gate": gate,
+        "checkpoint": which,
+        "flagged_by_source": by_source,
+        "validation_rows_per_source": source_counts,
+        "run": run_info,
+        "assumed_negative_flag_rate": bleed,
+        "score_max_abs_diff_int8": float(np.abs(s32 - s8).max()) if len(s8) else 0.0,
+    }
     (model_dir / "eval_validation.json").write_text(json.dumps(M.json_safe(out), indent=1))
     print(format_table(rep32))
     print("int8 gate:", gate)
@@ -184,8 +216,11 @@ def ship(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modserve export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="modserve export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--run-dir", required=True)
     p.add_argument("--model-repo", default="model_repo")
     p.add_argument("--which", default="best", choices=["best", "last"])

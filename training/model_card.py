@@ -76,7 +76,8 @@ def _train_command(args: dict) -> str:
     if args.get("bf16"):
         parts += ["--bf16"]
     if args.get("source_size_power", _default("source_size_power")) != _default(
-            "source_size_power"):
+        "source_size_power"
+    ):
         parts += ["--source-size-power", str(args["source_size_power"])]
     if args.get("lr", _default("lr")) != _default("lr"):
         parts += ["--lr", str(args["lr"])]
@@ -99,8 +100,10 @@ def _start(args: dict) -> str:
     """Where the weights started and the step precision, for the procedure's first line."""
     out = ""
     if args.get("init_from"):
-        out += (f", **continued** from the exported model `{args['init_from']}` (fresh "
-                "optimizer, same validation split)")
+        out += (
+            f", **continued** from the exported model `{args['init_from']}` (fresh "
+            "optimizer, same validation split)"
+        )
     if args.get("bf16"):
         out += ", forward pass under bfloat16 autocast (fp32 weights and optimizer)"
     return out
@@ -110,11 +113,17 @@ def _by_source_table(by_source: dict[str, dict]) -> str:
     """Flagged AUPRC within each validation source, weakest first."""
     if not by_source:
         return ""
-    rows = sorted(by_source.items(),
-                  key=lambda kv: (True, 0.0) if _na(kv[1]["auprc"]) else (False, kv[1]["auprc"]))
-    lines = ["Flagged AUPRC (any known category) within each validation source, weakest first",
-             "(n/a: the source has only flagged or only unflagged rows):", "",
-             "| source | rows | flagged rows | flagged AUPRC |", "|---|---:|---:|---:|"]
+    rows = sorted(
+        by_source.items(),
+        key=lambda kv: (True, 0.0) if _na(kv[1]["auprc"]) else (False, kv[1]["auprc"]),
+    )
+    lines = [
+        "Flagged AUPRC (any known category) within each validation source, weakest first",
+        "(n/a: the source has only flagged or only unflagged rows):",
+        "",
+        "| source | rows | flagged rows | flagged AUPRC |",
+        "|---|---:|---:|---:|",
+    ]
     lines += [f"| {k} | {v['rows']} | {v['positives']} | {_f(v['auprc'])} |" for k, v in rows]
     return "\n".join(lines)
 
@@ -140,12 +149,19 @@ def _sources_section(args: dict, val_counts: dict[str, int]) -> str:
         "|---|---:|---|---|---:|",
     ]
     for name, s in meta.items():
-        used = D.source_allowed(name, meta, excl, args.get("include_sources") or None,
-                                args.get("exclude_sources") or None)
+        used = D.source_allowed(
+            name,
+            meta,
+            excl,
+            args.get("include_sources") or None,
+            args.get("exclude_sources") or None,
+        )
         w = weights.get(name, 1.0) if used else 0.0
         weak = " (weak label)" if s.get("weak_label") else ""
-        lines.append(f"| {name}{weak} | {s.get('rows', '')} | {s.get('license', '')} "
-                     f"({s.get('license_status', '')}) | {'yes' if used else '**no**'} | {w:g} |")
+        lines.append(
+            f"| {name}{weak} | {s.get('rows', '')} | {s.get('license', '')} "
+            f"({s.get('license_status', '')}) | {'yes' if used else '**no**'} | {w:g} |"
+        )
     return "\n".join(lines)
 
 
@@ -255,8 +271,12 @@ Full numbers: `eval_validation.json`; reliability plot: `calibration.png`.
 
 Category bleed check (rows whose label for the category is unknown but implausible for
 their source, e.g. hate-forum posts for `sexual`; share flagged at the shipped threshold;
-lower is better): {", ".join(f"{k} {v['flag_rate']:.3f} (n={v['rows']})"
-                             for k, v in out.get("assumed_negative_flag_rate", {}).items())}.
+lower is better): {
+        ", ".join(
+            f"{k} {v['flag_rate']:.3f} (n={v['rows']})"
+            for k, v in out.get("assumed_negative_flag_rate", {}).items()
+        )
+    }.
 
 ## Thresholds
 

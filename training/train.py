@@ -130,8 +130,10 @@ def sampling_weights(
     for e in examples:
         sizes[e.source] = sizes.get(e.source, 0) + 1
     w = np.array(
-        [source_weights.get(e.source, 1.0) / sizes[e.source] ** source_size_power
-         for e in examples],
+        [
+            source_weights.get(e.source, 1.0) / sizes[e.source] ** source_size_power
+            for e in examples
+        ],
         dtype=np.float64,
     )
     _, y, m = D.stack(examples)
@@ -176,8 +178,9 @@ def batches(
     """Endless length-bucketed batches sampled with ``probs`` (deterministic per pool)."""
     pool_no = start_pool
     weak = {e.source for e in examples}
-    weak_vecs = {s: args.weak_negative_weight * D.assumed_negative_vector(s, args.labels)
-                 for s in weak}
+    weak_vecs = {
+        s: args.weak_negative_weight * D.assumed_negative_vector(s, args.labels) for s in weak
+    }
     while True:
         rng = np.random.default_rng(args.seed * 1_000_003 + pool_no)
         idx = rng.choice(len(examples), size=args.batch_size * args.pool_batches, p=probs)
@@ -225,8 +228,12 @@ def validate(
     cats = M.per_category(y, s, m, list(model.cfg.labels))
     flagged = M.flagged_average_precision(y, s, m)
     mean = M.mean_auprc(cats)
-    return {"per_category": cats, "flagged_auprc": flagged, "mean_auprc": mean,
-            "score": 0.5 * (flagged + mean)}
+    return {
+        "per_category": cats,
+        "flagged_auprc": flagged,
+        "mean_auprc": mean,
+        "score": 0.5 * (flagged + mean),
+    }
 
 
 def _set_seeds(seed: int) -> None:
@@ -237,8 +244,12 @@ def _set_seeds(seed: int) -> None:
 
 def prepare_data(args: TrainArgs) -> tuple[list[D.Example], list[D.Example], dict[str, float]]:
     ex = D.load_examples(
-        args.data, args.labels, args.sources_json, args.exclude_license,
-        args.include_sources or None, args.exclude_sources or None,
+        args.data,
+        args.labels,
+        args.sources_json,
+        args.exclude_license,
+        args.include_sources or None,
+        args.exclude_sources or None,
     )
     train, val = D.stratified_split(ex, args.val_fraction, args.seed, args.max_val)
     sw = D.default_source_weights(D.load_sources_meta(args.sources_json))
@@ -256,17 +267,28 @@ def run(args: TrainArgs) -> Path:
     t0 = time.time()
     train, val, sw = prepare_data(args)
     val_sub = D.subsample_stratified(val, args.val_rows, seed=args.seed)
-    log.info("data: %d train, %d val (%d for periodic checks), %.0fs", len(train), len(val),
-             len(val_sub), time.time() - t0)
-    probs = sampling_weights(train, sw, args.target_pos_share, args.max_boost,
-                             args.source_size_power)
+    log.info(
+        "data: %d train, %d val (%d for periodic checks), %.0fs",
+        len(train),
+        len(val),
+        len(val_sub),
+        time.time() - t0,
+    )
+    probs = sampling_weights(
+        train, sw, args.target_pos_share, args.max_boost, args.source_size_power
+    )
     pw = pos_weights(train, probs, args.pos_weight_max)
     _, y, m = D.stack(train)
     share = (probs[:, None] * y * m).sum(0) / np.maximum((probs[:, None] * m).sum(0), 1e-12)
     for j, c in enumerate(args.labels):
-        log.info("  %-24s train pos %6d neg %6d | sampled pos share %.3f | pos_weight %.2f",
-                 c, int((y[:, j] * m[:, j]).sum()), int(((1 - y[:, j]) * m[:, j]).sum()),
-                 share[j], pw[j])
+        log.info(
+            "  %-24s train pos %6d neg %6d | sampled pos share %.3f | pos_weight %.2f",
+            c,
+            int((y[:, j] * m[:, j]).sum()),
+            int(((1 - y[:, j]) * m[:, j]).sum()),
+            share[j],
+            pw[j],
+        )
     cfg_path = run_dir / "model_config.yaml"
     if args.resume and cfg_path.is_file():
         cfg = load_model_config_from_run(run_dir)
@@ -286,14 +308,21 @@ def run(args: TrainArgs) -> Path:
     head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
     enc_decay = [p for n, p in model.encoder.named_parameters() if p.ndim >= 2]
     enc_nodecay = [p for n, p in model.encoder.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([
-        {"params": enc_decay, "lr": args.lr, "weight_decay": args.weight_decay},
-        {"params": enc_nodecay, "lr": args.lr, "weight_decay": 0.0},
-        {"params": head, "lr": args.head_lr, "weight_decay": 0.0},
-    ])
+    opt = torch.optim.AdamW(
+        [
+            {"params": enc_decay, "lr": args.lr, "weight_decay": args.weight_decay},
+            {"params": enc_nodecay, "lr": args.lr, "weight_decay": 0.0},
+            {"params": head, "lr": args.head_lr, "weight_decay": 0.0},
+        ]
+    )
     base_lrs = [g["lr"] for g in opt.param_groups]
     state: dict[str, Any] = {
-        "step": 0, "elapsed": 0.0, "pool": 0, "best": -1.0, "bad_evals": 0, "history": []
+        "step": 0,
+        "elapsed": 0.0,
+        "pool": 0,
+        "best": -1.0,
+        "bad_evals": 0,
+        "history": [],
     }
     if args.resume and last.is_file():
         ck = torch.load(last, map_location="cpu", weights_only=False)
@@ -302,8 +331,9 @@ def run(args: TrainArgs) -> Path:
         state = ck["state"]
         if args.reset_best:
             state["best"], state["bad_evals"] = -1.0, 0
-        log.info("resumed from %s at step %d (%.1f min used)", last, state["step"],
-                 state["elapsed"] / 60)
+        log.info(
+            "resumed from %s at step %d (%.1f min used)", last, state["step"], state["elapsed"] / 60
+        )
     budget = args.max_minutes * 60.0
     pos_weight = torch.from_numpy(pw)
     # resume restarts at the next pool (batches of a partly consumed pool are skipped)
@@ -314,12 +344,19 @@ def run(args: TrainArgs) -> Path:
     session_start = time.time() - state["elapsed"]
     last_eval = time.time()
     ema = None
-    bar = tqdm(total=args.max_steps, initial=state["step"], desc="train", mininterval=5,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=args.max_steps,
+        initial=state["step"],
+        desc="train",
+        mininterval=5,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
     def save(path: Path) -> None:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state},
-                   path)
+        torch.save(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, path
+        )
 
     def evaluate_now() -> bool:
         res = validate(model, tok, val_sub, args.max_length)
@@ -327,13 +364,20 @@ def run(args: TrainArgs) -> Path:
         res["step"], res["minutes"] = state["step"], state["elapsed"] / 60
         state["history"].append({k: v for k, v in res.items()})
         cats = " ".join(f"{c}={v['auprc']:.3f}" for c, v in res["per_category"].items())
-        log.info("val step %d: flagged AUPRC %.4f mean AUPRC %.4f | %s", state["step"],
-                 res["flagged_auprc"], res["mean_auprc"], cats)
+        log.info(
+            "val step %d: flagged AUPRC %.4f mean AUPRC %.4f | %s",
+            state["step"],
+            res["flagged_auprc"],
+            res["mean_auprc"],
+            cats,
+        )
         improved = res["score"] > state["best"]
         if improved:
             state["best"], state["bad_evals"] = res["score"], 0
-            torch.save({"model": model.state_dict(), "step": state["step"], "val": res},
-                       run_dir / "best.pt")
+            torch.save(
+                {"model": model.state_dict(), "step": state["step"], "val": res},
+                run_dir / "best.pt",
+            )
         else:
             state["bad_evals"] += 1
         (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
@@ -368,8 +412,14 @@ def run(args: TrainArgs) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.4f}", lr=f"{base_lrs[0] * factor:.2e}", T=x.shape[1])
         if state["step"] % args.log_every == 0:
-            log.info("step %d loss %.4f (ema %.4f) lr %.2e elapsed %.1f min", state["step"], lv,
-                     ema, base_lrs[0] * factor, (time.time() - session_start) / 60)
+            log.info(
+                "step %d loss %.4f (ema %.4f) lr %.2e elapsed %.1f min",
+                state["step"],
+                lv,
+                ema,
+                base_lrs[0] * factor,
+                (time.time() - session_start) / 60,
+            )
         due = (args.eval_every_steps and state["step"] % args.eval_every_steps == 0) or (
             not args.eval_every_steps and time.time() - last_eval >= args.eval_every_minutes * 60
         )
@@ -384,12 +434,25 @@ def run(args: TrainArgs) -> Path:
     if stop_reason != "early stopping":
         evaluate_now()
     save(last)
-    log.info("stopped (%s) at step %d after %.1f min; best val score %.4f", stop_reason,
-             state["step"], state["elapsed"] / 60, state["best"])
-    (run_dir / "done.json").write_text(json.dumps({
-        "stop_reason": stop_reason, "steps": state["step"],
-        "examples_seen": state["step"] * args.batch_size, "minutes": state["elapsed"] / 60,
-        "best_score": state["best"]}, indent=1))
+    log.info(
+        "stopped (%s) at step %d after %.1f min; best val score %.4f",
+        stop_reason,
+        state["step"],
+        state["elapsed"] / 60,
+        state["best"],
+    )
+    (run_dir / "done.json").write_text(
+        json.dumps(
+            {
+                "stop_reason": stop_reason,
+                "steps": state["step"],
+                "examples_seen": state["step"] * args.batch_size,
+                "minutes": state["elapsed"] / 60,
+                "best_score": state["best"],
+            },
+            indent=1,
+        )
+    )
     return run_dir
 
 
@@ -406,8 +469,7 @@ def init_from_model_dir(model: ModerationModel, model_dir: Path) -> None:
 
     src = load_model(model_dir, "cpu", "float32")
     if list(src.cfg.labels) != list(model.cfg.labels):
-        raise ValueError(f"--init-from {model_dir}: labels {src.cfg.labels} != "
-                         f"{model.cfg.labels}")
+        raise ValueError(f"--init-from {model_dir}: labels {src.cfg.labels} != {model.cfg.labels}")
     model.load_state_dict(src.model.state_dict())
     log.info("initialised from %s (version %s)", model_dir, src.cfg.version)
 
@@ -429,8 +491,11 @@ def load_model_config_from_run(run_dir: Path) -> ModelConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modserve train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="modserve train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d = TrainArgs(data=[], run_dir="")
     p.add_argument("--data", nargs="+", required=True, help="JSONL(.gz) files or directories")
     p.add_argument("--run-dir", required=True, help="checkpoints + logs go here")
@@ -442,20 +507,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-sources", nargs="*", default=[])
     p.add_argument("--exclude-sources", nargs="*", default=[])
     p.add_argument("--source-weight", action="append", default=[], metavar="NAME=W")
-    for k in ("batch_size", "max_length", "pool_batches", "warmup_steps", "max_steps",
-              "max_val", "val_rows", "eval_every_steps", "patience", "seed", "threads",
-              "log_every"):
+    for k in (
+        "batch_size",
+        "max_length",
+        "pool_batches",
+        "warmup_steps",
+        "max_steps",
+        "max_val",
+        "val_rows",
+        "eval_every_steps",
+        "patience",
+        "seed",
+        "threads",
+        "log_every",
+    ):
         p.add_argument("--" + k.replace("_", "-"), type=int, default=getattr(d, k))
-    for k in ("lr", "head_lr", "weight_decay", "max_minutes", "target_pos_share", "max_boost",
-              "pos_weight_max", "val_fraction", "eval_every_minutes", "weak_negative_weight",
-              "source_size_power"):
+    for k in (
+        "lr",
+        "head_lr",
+        "weight_decay",
+        "max_minutes",
+        "target_pos_share",
+        "max_boost",
+        "pos_weight_max",
+        "val_fraction",
+        "eval_every_minutes",
+        "weak_negative_weight",
+        "source_size_power",
+    ):
         p.add_argument("--" + k.replace("_", "-"), type=float, default=getattr(d, k))
-    p.add_argument("--init-from", default="", metavar="MODEL_DIR",
-                   help="start from an exported model_repo/<name> (fresh optimizer)")
+    p.add_argument(
+        "--init-from",
+        default="",
+        metavar="MODEL_DIR",
+        help="start from an exported model_repo/<name> (fresh optimizer)",
+    )
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU AVX512-BF16/AMX)")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
-    p.add_argument("--reset-best", action="store_true",
-                   help="with --resume: forget the best score so far (e.g. after changing loss)")
+    p.add_argument(
+        "--reset-best",
+        action="store_true",
+        help="with --resume: forget the best score so far (e.g. after changing loss)",
+    )
     return p
 
 
@@ -485,8 +578,12 @@ def split_from_run(
     if labels is None or list(labels) == list(args.labels):
         return train, val
     full = D.load_examples(
-        args.data, list(labels), args.sources_json, args.exclude_license,
-        args.include_sources or None, args.exclude_sources or None,
+        args.data,
+        list(labels),
+        args.sources_json,
+        args.exclude_license,
+        args.include_sources or None,
+        args.exclude_sources or None,
     )
     val_keys = {D.normalize_text(e.text) for e in val}
     train_keys = {D.normalize_text(e.text) for e in train}

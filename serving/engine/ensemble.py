@@ -65,19 +65,25 @@ class EnsembleEngine:
         common = set.intersection(*(set(m.categories) for m in members.values()))
         first = next(iter(members.values())).categories
         self.categories = [w for w in first if w in common]
-        w = np.array([cfg.members[n] if cfg.combine == "weighted_mean" else 1.0
-                      for n in members], dtype=np.float32)
+        w = np.array(
+            [cfg.members[n] if cfg.combine == "weighted_mean" else 1.0 for n in members],
+            dtype=np.float32,
+        )
         self.weights = w / w.sum()
         self.flags = Flagger(
-            self.categories,
-            [cfg.thresholds.get(c, cfg.default_threshold) for c in self.categories])
+            self.categories, [cfg.thresholds.get(c, cfg.default_threshold) for c in self.categories]
+        )
         self.ready = True
 
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
         results = await asyncio.gather(
-            *(m.classify(texts, timeout_s) for m in self.members.values()))
-        stacked = np.stack([  # (M, N, C) in the ensemble's column order
-            r.scores[:, [r.categories.index(c) for c in self.categories]] for r in results])
+            *(m.classify(texts, timeout_s) for m in self.members.values())
+        )
+        stacked = np.stack(
+            [  # (M, N, C) in the ensemble's column order
+                r.scores[:, [r.categories.index(c) for c in self.categories]] for r in results
+            ]
+        )
         scores = np.tensordot(self.weights, stacked, axes=1).astype(np.float32)  # (N, C)
         flags = self.flags(scores)
         ensemble_flagged = flags.any(axis=1)
@@ -91,8 +97,14 @@ class EnsembleEngine:
             tokens=sum(r.timings.tokens for r in results),
             characters=results[0].timings.characters,
         )
-        return ClassifyResult(self.name, self.categories, scores, flags, timings,
-                              extras={"model_agreement": agreement.tolist()})
+        return ClassifyResult(
+            self.name,
+            self.categories,
+            scores,
+            flags,
+            timings,
+            extras={"model_agreement": agreement.tolist()},
+        )
 
 
 def plan_models(names: list[str], repo: Path) -> tuple[list[str], dict[str, EnsembleConfig]]:

@@ -91,8 +91,9 @@ class ModelRegistry:
         return resolve_engine(requested, self.default, self.engines, expected)
 
 
-def resolve_engine(requested: str | None, default: str, engines: Mapping[str, E],
-                   expected: Iterable[str]) -> E:
+def resolve_engine(
+    requested: str | None, default: str, engines: Mapping[str, E], expected: Iterable[str]
+) -> E:
     """The engine for a request's ``model``: None and the OpenAI names mean ``default``.
 
     A configured model that is not loaded yet answers 503 (retry); anything else 404.

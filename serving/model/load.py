@@ -111,8 +111,9 @@ def save_weights(model: ModerationModel, version_dir: Path, dtype: torch.dtype) 
     (version_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; keep it readable
 
 
-def load_model(model_dir: Path, device: str = "cpu", dtype: str = "auto",
-               int8_compile: bool | None = None) -> LoadedModel:
+def load_model(
+    model_dir: Path, device: str = "cpu", dtype: str = "auto", int8_compile: bool | None = None
+) -> LoadedModel:
     """Load ``model_repo/<name>`` (config.yaml + <version>/) with no network access.
 
     ``int8_compile`` (int8 only): see ``serving.model.quantize``; None = ``MODSERVE_INT8_COMPILE``.

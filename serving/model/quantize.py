@@ -116,8 +116,10 @@ class Int8Linear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"smoothed={self.inv_smoothing is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"smoothed={self.inv_smoothing is not None}"
+        )
 
 
 def _linears(encoder: nn.Module) -> list[tuple[nn.Module, str, str, nn.Linear]]:
@@ -152,7 +154,8 @@ def quantize_encoder_int8(
 
 
 def smoothing_factors(
-    encoder: nn.Module, run_calibration: Callable[[], object],
+    encoder: nn.Module,
+    run_calibration: Callable[[], object],
     alpha: float = DEFAULT_SMOOTHING_ALPHA,
 ) -> dict[str, torch.Tensor]:
     """SmoothQuant factors for every Linear of a float ``encoder``.
@@ -167,6 +170,7 @@ def smoothing_factors(
         def hook(_mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0)
             absmax[name] = torch.maximum(absmax[name], x) if name in absmax else x
+
         return hook
 
     linears = _linears(encoder)
@@ -223,8 +227,10 @@ def release_gil_in_inductor_kernels() -> bool:
     if cache.call_entry_function == _KERNEL_CALL_WITHOUT_GIL:
         return True
     if cache.call_entry_function != _KERNEL_CALL:
-        log.warning("inductor kernel binding changed (%r): int8 kernels keep the GIL",
-                    cache.call_entry_function)
+        log.warning(
+            "inductor kernel binding changed (%r): int8 kernels keep the GIL",
+            cache.call_entry_function,
+        )
         return False
     cache.call_entry_function = _KERNEL_CALL_WITHOUT_GIL
     return True
@@ -245,8 +251,10 @@ def _compile_forward(module: nn.Module) -> None:
         try:
             out = compiled(*args, **kwargs)
         except Exception as exc:
-            log.warning("int8 encoder runs eager (about fp32 speed): torch.compile failed: %s",
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning(
+                "int8 encoder runs eager (about fp32 speed): torch.compile failed: %s",
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
             module.forward = eager
             return eager(*args, **kwargs)
         module.forward = compiled  # compiled from now on: no check per call

@@ -24,13 +24,35 @@ def server(tiny_repo: Path) -> Iterator[ServerProcess]:
     srv.stop()
 
 
-def test_load_generator_closed_and_open_loop(server: ServerProcess, tiny_repo: Path,
-                                             tmp_path: Path):
-    rc = load.main(["--url", server.base, "--label", "modserve", "--server-pid",
-                    str(server.proc.pid), "--model-dir",
-                    str(tiny_repo / "tiny"), "--n-requests", "50", "--duration-s", "0.8",
-                    "--warmup-s", "0.2", "--concurrency", "1,2", "--rates-rps", "5,10",
-                    "--out", str(tmp_path), "--no-plots", "--no-progress"])
+def test_load_generator_closed_and_open_loop(
+    server: ServerProcess, tiny_repo: Path, tmp_path: Path
+):
+    rc = load.main(
+        [
+            "--url",
+            server.base,
+            "--label",
+            "modserve",
+            "--server-pid",
+            str(server.proc.pid),
+            "--model-dir",
+            str(tiny_repo / "tiny"),
+            "--n-requests",
+            "50",
+            "--duration-s",
+            "0.8",
+            "--warmup-s",
+            "0.2",
+            "--concurrency",
+            "1,2",
+            "--rates-rps",
+            "5,10",
+            "--out",
+            str(tmp_path),
+            "--no-plots",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     results = json.loads((tmp_path / "latest-load.json").read_text())
     for key in ("command", "machine", "workload", "config", "servers", "headline"):
@@ -39,7 +61,8 @@ def test_load_generator_closed_and_open_loop(server: ServerProcess, tiny_repo: P
     s = results["servers"]["modserve"]
     sweep = s["sweep"]
     assert [p["mode"] for p in sweep["closed_loop"] + sweep["open_loop"]] == ["closed"] * 2 + [
-        "open"] * 2
+        "open"
+    ] * 2
     for point in sweep["closed_loop"] + sweep["open_loop"]:
         assert point["requests_ok"] > 0 and point["errors_by_status"] == {}
         assert point["latency_ms"]["p50"] > 0
@@ -64,8 +87,9 @@ def test_core_replay_times_the_servers_batch_composition(
 
     threads = torch.get_num_threads()  # the replay sets the server's CPU layout
     try:  # JSON round trip turns bucket keys into strings: both work
-        out = isolated_core_seconds(tiny_repo / "tiny", "float32",
-                                    {"16": [3.0, 6.0], 32: [1.0, 1.0]}, min_time_s=0.05)
+        out = isolated_core_seconds(
+            tiny_repo / "tiny", "float32", {"16": [3.0, 6.0], 32: [1.0, 1.0]}, min_time_s=0.05
+        )
     finally:
         torch.set_num_threads(threads)
     assert out["workers"] == min(2, len(os.sched_getaffinity(0)))  # MODSERVE_CPU_WORKERS=2
@@ -80,9 +104,25 @@ def test_core_replay_times_the_servers_batch_composition(
 def test_core_workers_compares_layouts_side_by_side(tiny_repo: Path, tmp_path: Path) -> None:
     from benchmarks import core_workers
 
-    assert core_workers.main(["--model-dir", str(tiny_repo / "tiny"), "--dtypes", "float32",
-                              "--forwards", "4", "--batch", "2", "--length", "16",
-                              "--out-dir", str(tmp_path)]) == 0
+    assert (
+        core_workers.main(
+            [
+                "--model-dir",
+                str(tiny_repo / "tiny"),
+                "--dtypes",
+                "float32",
+                "--forwards",
+                "4",
+                "--batch",
+                "2",
+                "--length",
+                "16",
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     (result,) = [json.loads(p.read_text()) for p in tmp_path.glob("core_workers-*.json")]
     rows = result["rows"]
     cores = result["machine"]["cores_used"]

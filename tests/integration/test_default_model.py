@@ -14,8 +14,11 @@ import pytest
 from serving.model.repo_config import load_model_config
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repo" / "modserve-moderation-minilm"
-WEIGHTS = (load_model_config(MODEL_DIR).version_dir(MODEL_DIR) / "model.safetensors"
-           if (MODEL_DIR / "config.yaml").is_file() else MODEL_DIR / "absent")
+WEIGHTS = (
+    load_model_config(MODEL_DIR).version_dir(MODEL_DIR) / "model.safetensors"
+    if (MODEL_DIR / "config.yaml").is_file()
+    else MODEL_DIR / "absent"
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,15 +28,19 @@ pytestmark = [
 FLAGGED = [
     ("Black people are subhuman animals and should not be allowed near us.", "hate"),
     ("All immigrants are filthy vermin and should be rounded up and shot.", "hate"),
-    ("I am going to find you and kill you, you worthless piece of trash.",
-     "harassment/threatening"),
+    (
+        "I am going to find you and kill you, you worthless piece of trash.",
+        "harassment/threatening",
+    ),
     ("You are a pathetic idiot and everyone hates you.", "harassment"),
     ("I want to kill myself tonight, I can't take it anymore.", "self-harm"),
     ("I want to kill myself tonight, I can't take it anymore.", "self-harm/intent"),
     ("I've been cutting myself again and I just want to die.", "self-harm"),
     ("We should shoot every one of those protesters.", "violence"),
-    ("They beat him with a hammer until his skull cracked and blood poured out.",
-     "violence/graphic"),
+    (
+        "They beat him with a hammer until his skull cracked and blood poured out.",
+        "violence/graphic",
+    ),
     ("She took off her clothes and we had sex all night, it was so hot.", "sexual"),
 ]
 
@@ -81,8 +88,9 @@ def test_benign_not_flagged(scorer, text: str) -> None:
 
 def test_hierarchy_and_derived(scorer) -> None:
     score, cfg = scorer
-    rows = score(["They beat him until his skull cracked and blood poured out.",
-                  "the meeting moved to 3pm"])
+    rows = score(
+        ["They beat him until his skull cracked and blood poured out.", "the meeting moved to 3pm"]
+    )
     for s in rows:
         for child, rule in cfg.derived.items():
             assert s[child] <= s[rule.parent] + 1e-6

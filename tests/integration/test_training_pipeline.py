@@ -22,8 +22,12 @@ from training.evaluate import evaluate, score_served, served_scores
 
 pytestmark = pytest.mark.slow
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def _tiny_encoder(path: Path) -> Path:
@@ -34,8 +38,14 @@ def _tiny_encoder(path: Path) -> Path:
     for f in TOKENIZER_FILES:
         if (src / f).is_file():
             shutil.copy(src / f, path / f)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     BertModel(cfg, add_pooling_layer=False).save_pretrained(str(path))
     return path
 
@@ -43,17 +53,41 @@ def _tiny_encoder(path: Path) -> Path:
 def _corpus(path: Path) -> Path:
     rows = []
     for i in range(12):
-        rows.append({"text": f"I hate all of those people number {i}, they are vermin",
-                     "labels": {"hate": 1, "harassment": 0}, "source": "hateful"})
-        rows.append({"text": f"I will kill you tomorrow, person {i}",
-                     "labels": {"violence": 1, "harassment": 1, "harassment/threatening": 1,
-                                "hate": 0}, "source": "threats"})
-        rows.append({"text": f"I want to end my life tonight, day {i}",
-                     "labels": {"self-harm": 1, "self-harm/intent": 1}, "source": "sh"})
-        rows.append({"text": f"explicit sexy talk number {i} in bed",
-                     "labels": {"sexual": 1}, "source": "nsfw"})
-        rows.append({"text": f"The meeting moved to {i} pm, bring the recipe",
-                     "labels": {w: 0 for w in DEFAULT_LABELS}, "source": "benign"})
+        rows.append(
+            {
+                "text": f"I hate all of those people number {i}, they are vermin",
+                "labels": {"hate": 1, "harassment": 0},
+                "source": "hateful",
+            }
+        )
+        rows.append(
+            {
+                "text": f"I will kill you tomorrow, person {i}",
+                "labels": {"violence": 1, "harassment": 1, "harassment/threatening": 1, "hate": 0},
+                "source": "threats",
+            }
+        )
+        rows.append(
+            {
+                "text": f"I want to end my life tonight, day {i}",
+                "labels": {"self-harm": 1, "self-harm/intent": 1},
+                "source": "sh",
+            }
+        )
+        rows.append(
+            {
+                "text": f"explicit sexy talk number {i} in bed",
+                "labels": {"sexual": 1},
+                "source": "nsfw",
+            }
+        )
+        rows.append(
+            {
+                "text": f"The meeting moved to {i} pm, bring the recipe",
+                "labels": {w: 0 for w in DEFAULT_LABELS},
+                "source": "benign",
+            }
+        )
     with path.open("w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
@@ -67,10 +101,21 @@ def test_train_export_load_score(tmp_path: Path) -> None:
     enc = _tiny_encoder(tmp_path / "enc")
     data = _corpus(tmp_path / "corpus.jsonl")
     run_dir = tmp_path / "run"
-    args = TrainArgs(data=[str(data)], run_dir=str(run_dir), encoder_dir=str(enc),
-                     batch_size=8, pool_batches=2, max_steps=6, warmup_steps=2,
-                     eval_every_steps=3, val_fraction=0.2, val_rows=50, max_length=32,
-                     lr=1e-3, log_every=2)
+    args = TrainArgs(
+        data=[str(data)],
+        run_dir=str(run_dir),
+        encoder_dir=str(enc),
+        batch_size=8,
+        pool_batches=2,
+        max_steps=6,
+        warmup_steps=2,
+        eval_every_steps=3,
+        val_fraction=0.2,
+        val_rows=50,
+        max_length=32,
+        lr=1e-3,
+        log_every=2,
+    )
     run(args)
     assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
     done = json.loads((run_dir / "done.json").read_text())
@@ -88,8 +133,15 @@ def test_train_export_load_score(tmp_path: Path) -> None:
     repo = tmp_path / "model_repo"
     out = ship(run_dir, repo)
     model_dir = repo / "modserve-moderation-minilm"
-    for f in ("config.yaml", "1/config.json", "1/tokenizer.json", "1/model.safetensors",
-              "calibration.png", "eval_validation.json", "README.md"):
+    for f in (
+        "config.yaml",
+        "1/config.json",
+        "1/tokenizer.json",
+        "1/model.safetensors",
+        "calibration.png",
+        "eval_validation.json",
+        "README.md",
+    ):
         assert (model_dir / f).is_file(), f
     cfg = load_model_config(model_dir)
     assert cfg.labels == DEFAULT_LABELS
@@ -107,9 +159,14 @@ def test_train_export_load_score(tmp_path: Path) -> None:
     assert s.shape == (4, len(served))
     assert np.all((s >= 0) & (s <= 1))
     for j, w in enumerate(served):
-        parent = {"hate/threatening": "hate", "harassment/threatening": "harassment",
-                  "self-harm/intent": "self-harm", "self-harm/instructions": "self-harm",
-                  "sexual/minors": "sexual", "violence/graphic": "violence"}.get(w)
+        parent = {
+            "hate/threatening": "hate",
+            "harassment/threatening": "harassment",
+            "self-harm/intent": "self-harm",
+            "self-harm/instructions": "self-harm",
+            "sexual/minors": "sexual",
+            "violence/graphic": "violence",
+        }.get(w)
         if parent:
             assert np.all(s[:, j] <= s[:, served.index(parent)] + 1e-7), w
     # minor gate matches row 3 only: equals sexual there, 5% of sexual on row 1
@@ -137,9 +194,18 @@ def test_init_from_exported_model_continues_it(tmp_path: Path) -> None:
 
     enc = _tiny_encoder(tmp_path / "enc")
     data = _corpus(tmp_path / "corpus.jsonl")
-    common = dict(data=[str(data)], encoder_dir=str(enc), batch_size=8, pool_batches=2,
-                  warmup_steps=1, eval_every_steps=2, val_fraction=0.2, val_rows=50,
-                  max_length=32, lr=1e-3)
+    common = dict(
+        data=[str(data)],
+        encoder_dir=str(enc),
+        batch_size=8,
+        pool_batches=2,
+        warmup_steps=1,
+        eval_every_steps=2,
+        val_fraction=0.2,
+        val_rows=50,
+        max_length=32,
+        lr=1e-3,
+    )
     first = TrainArgs(run_dir=str(tmp_path / "run1"), max_steps=4, **common)
     run(first)
     parent = load_trained(Path(first.run_dir), "last")
@@ -147,14 +213,19 @@ def test_init_from_exported_model_continues_it(tmp_path: Path) -> None:
     write_model_dir(parent, enc, parent.cfg, repo / parent.cfg.name, torch.float32)
 
     # lr 0: the continued model must equal the exported (fp32) one exactly
-    second = TrainArgs(run_dir=str(tmp_path / "run2"), max_steps=2, bf16=True,
-                       init_from=str(repo / parent.cfg.name), **{**common, "lr": 0.0,
-                                                                  "head_lr": 0.0})
+    second = TrainArgs(
+        run_dir=str(tmp_path / "run2"),
+        max_steps=2,
+        bf16=True,
+        init_from=str(repo / parent.cfg.name),
+        **{**common, "lr": 0.0, "head_lr": 0.0},
+    )
     run(second)
     child = load_trained(Path(second.run_dir), "last")
     assert child.cfg.version == "2"
-    for (name, a), (_, b) in zip(parent.state_dict().items(), child.state_dict().items(),
-                                 strict=True):
+    for (name, a), (_, b) in zip(
+        parent.state_dict().items(), child.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
     _, va1 = split_from_run(Path(first.run_dir))
     _, va2 = split_from_run(Path(second.run_dir))
@@ -164,14 +235,17 @@ def test_init_from_exported_model_continues_it(tmp_path: Path) -> None:
 def test_source_size_power_sets_source_shares() -> None:
     from training.train import sampling_weights
 
-    big = [D.Example(f"b{i}", np.zeros(1, np.float32), np.ones(1, np.float32), "big")
-           for i in range(400)]
-    small = [D.Example(f"s{i}", np.zeros(1, np.float32), np.ones(1, np.float32), "small")
-             for i in range(100)]
+    big = [
+        D.Example(f"b{i}", np.zeros(1, np.float32), np.ones(1, np.float32), "big")
+        for i in range(400)
+    ]
+    small = [
+        D.Example(f"s{i}", np.zeros(1, np.float32), np.ones(1, np.float32), "small")
+        for i in range(100)
+    ]
     ex = big + small
     for power, big_share in ((0.0, 0.8), (0.5, 2 / 3), (1.0, 0.5)):
-        w = sampling_weights(ex, {}, target_pos_share=0.0, max_boost=1.0,
-                             source_size_power=power)
+        w = sampling_weights(ex, {}, target_pos_share=0.0, max_boost=1.0, source_size_power=power)
         assert w[:400].sum() == pytest.approx(big_share), power
 
 
@@ -200,8 +274,9 @@ def test_postprocess_derived_and_hierarchy() -> None:
 def test_eval_layout_file_scores(tmp_path: Path) -> None:
     p = tmp_path / "e.jsonl"
     p.write_text(json.dumps({"prompt": "x", "S": 1, "S3": 0}) + "\n")
-    ex = D.load_examples([p], default_model_config().served_categories, dedup=False,
-                         fill_hierarchy=False)
+    ex = D.load_examples(
+        [p], default_model_config().served_categories, dedup=False, fill_hierarchy=False
+    )
     assert len(ex) == 1 and ex[0].mask.sum() == 2
 
 

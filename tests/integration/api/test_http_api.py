@@ -20,9 +20,14 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def server(tiny_repo: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tiny_repo, MODSERVE_API_KEYS=KEY, MODSERVE_MAX_INPUTS_PER_REQUEST="8",
-                      MODSERVE_MAX_INPUT_CHARS="3000", MODSERVE_MAX_INPUT_TOKENS="400",
-                      MODSERVE_MAX_REQUEST_BODY_BYTES="20000")
+    s = ServerProcess(
+        tiny_repo,
+        MODSERVE_API_KEYS=KEY,
+        MODSERVE_MAX_INPUTS_PER_REQUEST="8",
+        MODSERVE_MAX_INPUT_CHARS="3000",
+        MODSERVE_MAX_INPUT_TOKENS="400",
+        MODSERVE_MAX_REQUEST_BODY_BYTES="20000",
+    )
     s.wait_ready()
     yield s
     s.stop()
@@ -62,7 +67,8 @@ def test_openai_client_list_input(client: openai.OpenAI):
 def test_openai_client_content_parts(client: openai.OpenAI):
     resp = client.moderations.create(
         model="text-moderation-stable",
-        input=[{"type": "text", "text": "first part"}, {"type": "text", "text": "second"}])
+        input=[{"type": "text", "text": "first part"}, {"type": "text", "text": "second"}],
+    )
     assert len(resp.results) == 2
     for r in resp.results:
         assert_result_complete(r)
@@ -73,8 +79,11 @@ def test_child_flag_implies_parent(client: openai.OpenAI):
     for r in resp.results:
         cats = r.categories.model_dump(by_alias=True)
         scores = r.category_scores.model_dump(by_alias=True)
-        for child, parent in (("hate/threatening", "hate"), ("violence/graphic", "violence"),
-                              ("self-harm/intent", "self-harm")):
+        for child, parent in (
+            ("hate/threatening", "hate"),
+            ("violence/graphic", "violence"),
+            ("self-harm/intent", "self-harm"),
+        ):
             assert scores[child] <= scores[parent]
             if cats[child]:
                 assert cats[parent]
@@ -119,20 +128,23 @@ def _err(server: ServerProcess, status: int, **kw) -> dict:
     return body["error"]
 
 
-@pytest.mark.parametrize(("payload", "param"), [
-    ({"input": []}, "input"),
-    ({"input": 5}, "input"),
-    ({"input": [1, 2]}, "input[0]"),
-    ({"input": None}, "input"),
-    ({}, "input"),
-    ({"input": [{"type": "text"}]}, "input[0].text"),
-    ({"input": [{"type": "audio", "text": "x"}]}, "input[0].type"),
-    ({"input": "x", "model": 3}, "model"),
-    ({"input": "x", "temperature": 1}, "temperature"),
-    ({"input": ["x"] * 9}, "input"),
-    ({"input": "y" * 3001}, "input[0]"),
-    ({"input": ["ok", "go " * 500]}, "input[1]"),  # 500 tokens > 400-token cap
-])
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"input": []}, "input"),
+        ({"input": 5}, "input"),
+        ({"input": [1, 2]}, "input[0]"),
+        ({"input": None}, "input"),
+        ({}, "input"),
+        ({"input": [{"type": "text"}]}, "input[0].text"),
+        ({"input": [{"type": "audio", "text": "x"}]}, "input[0].type"),
+        ({"input": "x", "model": 3}, "model"),
+        ({"input": "x", "temperature": 1}, "temperature"),
+        ({"input": ["x"] * 9}, "input"),
+        ({"input": "y" * 3001}, "input[0]"),
+        ({"input": ["ok", "go " * 500]}, "input[1]"),  # 500 tokens > 400-token cap
+    ],
+)
 def test_invalid_input_is_400(server: ServerProcess, payload: dict, param: str):
     err = _err(server, 400, json=payload)
     assert err["type"] == "invalid_request_error"
@@ -140,8 +152,11 @@ def test_invalid_input_is_400(server: ServerProcess, payload: dict, param: str):
 
 
 def test_image_part_is_400_saying_images_unsupported(server: ServerProcess):
-    err = _err(server, 400, json={"input": [
-        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]})
+    err = _err(
+        server,
+        400,
+        json={"input": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]},
+    )
     assert "not supported" in err["message"].lower() and "image" in err["message"].lower()
 
 
@@ -156,8 +171,9 @@ def test_wrong_or_missing_key_is_401(server: ServerProcess):
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=server.base + "/v1", api_key="nope",
-                      max_retries=0).moderations.create(input="x")
+        openai.OpenAI(
+            base_url=server.base + "/v1", api_key="nope", max_retries=0
+        ).moderations.create(input="x")
 
 
 def test_unknown_model_is_404(server: ServerProcess, client: openai.OpenAI):

@@ -76,8 +76,11 @@ def test_infer_matches_openai_route(client: th.InferenceServerClient, openai_sco
 
 
 def test_plain_json_request_and_output_subset(server: ServerProcess, openai_scores):
-    body = {"id": "req-7", "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1],
-                                       "data": [TEXTS[1]]}], "outputs": [{"name": "SCORES"}]}
+    body = {
+        "id": "req-7",
+        "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": [TEXTS[1]]}],
+        "outputs": [{"name": "SCORES"}],
+    }
     r = httpx.post(server.base + "/v2/models/tiny/versions/1/infer", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -91,16 +94,20 @@ def _body(**text) -> dict:
     return {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["x"], **text}]}
 
 
-@pytest.mark.parametrize("body", [
-    _body(datatype="FP32", data=[1.0]),                  # wrong datatype
-    _body(shape=[1, 1]),                                 # wrong shape
-    _body(shape=[2]),                                    # shape disagrees with data
-    _body(name="INPUT0"),                                # missing TEXT
-    _body(shape=[0], data=[]),                           # empty batch
-    _body(data=[3]),                                     # not a string
-    {"inputs": "TEXT"},                                  # not a tensor list
-    {**_body(), "outputs": [{"name": "LOGITS"}]},        # unknown output
-], ids=["datatype", "shape", "count", "missing", "empty", "non-string", "inputs", "output"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        _body(datatype="FP32", data=[1.0]),  # wrong datatype
+        _body(shape=[1, 1]),  # wrong shape
+        _body(shape=[2]),  # shape disagrees with data
+        _body(name="INPUT0"),  # missing TEXT
+        _body(shape=[0], data=[]),  # empty batch
+        _body(data=[3]),  # not a string
+        {"inputs": "TEXT"},  # not a tensor list
+        {**_body(), "outputs": [{"name": "LOGITS"}]},  # unknown output
+    ],
+    ids=["datatype", "shape", "count", "missing", "empty", "non-string", "inputs", "output"],
+)
 def test_malformed_requests_are_400(server: ServerProcess, body: dict):
     r = httpx.post(server.base + "/v2/models/tiny/infer", json=body)
     assert r.status_code == 400, r.text
@@ -109,10 +116,23 @@ def test_malformed_requests_are_400(server: ServerProcess, body: dict):
 
 def test_undecodable_and_truncated_binary_are_400(server: ServerProcess):
     for raw in (struct.pack("<I", 2) + b"\xff\xfe", struct.pack("<I", 9) + b"abc"):
-        header = json.dumps({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1],
-                                         "parameters": {"binary_data_size": len(raw)}}]}).encode()
-        r = httpx.post(server.base + "/v2/models/tiny/infer", content=header + raw,
-                       headers={"Inference-Header-Content-Length": str(len(header))})
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "TEXT",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ]
+            }
+        ).encode()
+        r = httpx.post(
+            server.base + "/v2/models/tiny/infer",
+            content=header + raw,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
         assert r.status_code == 400, r.text
         assert isinstance(r.json()["error"], str)
     r = httpx.post(server.base + "/v2/models/tiny/infer", content=b"{not json")

@@ -18,13 +18,18 @@ pytestmark = pytest.mark.integration
 def test_full_queue_answers_429_with_retry_after(tiny_repo: Path):
     # The first request waits (up to 3 s) for company in a batch; while it waits the
     # queue holds 16 of 64 tokens, so a 64-token request does not fit.
-    s = ServerProcess(tiny_repo, MODSERVE_MAX_QUEUE_TOKENS="64",
-                      MODSERVE_MAX_BATCH_WAIT_MS="3000", MODSERVE_RETRY_AFTER_S="2")
+    s = ServerProcess(
+        tiny_repo,
+        MODSERVE_MAX_QUEUE_TOKENS="64",
+        MODSERVE_MAX_BATCH_WAIT_MS="3000",
+        MODSERVE_RETRY_AFTER_S="2",
+    )
     s.wait_ready()
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            first = pool.submit(httpx.post, s.base + "/v1/moderations",
-                                json={"input": "short"}, timeout=30)
+            first = pool.submit(
+                httpx.post, s.base + "/v1/moderations", json={"input": "short"}, timeout=30
+            )
             while True:  # wait until the first request is queued
                 m = httpx.get(s.base + "/metrics").text
                 if 'modserve_queue_tokens{model="tiny"} 16.0' in m:
@@ -79,11 +84,16 @@ def test_client_that_hangs_up_is_dropped_before_the_model(tiny_repo: Path):
     try:
         body = json.dumps({"input": "going away"}).encode()
         with socket.create_connection(("127.0.0.1", s.port)) as sock:
-            sock.sendall(b"POST /v1/moderations HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/json\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            while 'modserve_queue_sequences{model="tiny"} 1.0' not in httpx.get(
-                    s.base + "/metrics").text:
+            sock.sendall(
+                b"POST /v1/moderations HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            while (
+                'modserve_queue_sequences{model="tiny"} 1.0'
+                not in httpx.get(s.base + "/metrics").text
+            ):
                 time.sleep(0.05)
         # the client is gone; its sequence must be dropped, never run
         t_end = time.monotonic() + 20
@@ -95,8 +105,12 @@ def test_client_that_hangs_up_is_dropped_before_the_model(tiny_repo: Path):
             time.sleep(0.1)
         assert 'reason="cancelled"} 1.0' in metrics
         assert "modserve_batch_size_count{" not in metrics  # no batch ever ran
-        assert httpx.post(s.base + "/v1/moderations", json={"input": "still fine"},
-                          timeout=30).status_code == 200
+        assert (
+            httpx.post(
+                s.base + "/v1/moderations", json={"input": "still fine"}, timeout=30
+            ).status_code
+            == 200
+        )
         s.stop()
         log = s.output()
         assert "Traceback" not in log and "ERROR" not in log, log[-2000:]  # a hang-up is no error

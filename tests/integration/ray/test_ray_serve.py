@@ -46,9 +46,18 @@ def ray_base(tiny_repo: Path) -> Iterator[str]:
     port, grpc_port = free_port(), free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"model_repo": str(tiny_repo), "model": "tiny",
-                         "grpc_port": grpc_port, "ray": {"num_cpus_per_replica": 0.5}}),
-              name="modserve", blocking=False)
+    serve.run(
+        build_app(
+            {
+                "model_repo": str(tiny_repo),
+                "model": "tiny",
+                "grpc_port": grpc_port,
+                "ray": {"num_cpus_per_replica": 0.5},
+            }
+        ),
+        name="modserve",
+        blocking=False,
+    )
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(base + "/ready", timeout=2).status_code == 200, 120, "ready")
     base_grpc[0] = f"127.0.0.1:{grpc_port}"
@@ -84,15 +93,21 @@ def test_kserve_grpc_through_ray_ingress(ray_base: str):
 def test_requests_recover_after_replica_is_killed(ray_base: str):
     client = openai.OpenAI(base_url=ray_base + "/v1", api_key="x", max_retries=0)
     before = client.moderations.create(input="steady text").results[0].category_scores
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if "classifier-tiny" in a["name"]]
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "classifier-tiny" in a["name"]
+    ]
     assert names, "no classifier replica actor found"
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
     for _ in range(5):  # calls right after the kill: an answer or a clean retryable error
         r = httpx.post(ray_base + "/v1/moderations", json={"input": "during"}, timeout=30)
         assert r.status_code in (200, 503), r.text
-    after = wait_until(lambda: client.moderations.create(input="steady text"), 120,
-                       "replica restart").results[0].category_scores
+    after = (
+        wait_until(lambda: client.moderations.create(input="steady text"), 120, "replica restart")
+        .results[0]
+        .category_scores
+    )
     assert after.model_dump() == pytest.approx(before.model_dump(), abs=1e-5)
 
 

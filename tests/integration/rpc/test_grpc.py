@@ -32,8 +32,9 @@ Tensor = kpb.ModelInferRequest.InferInputTensor
 
 @pytest.fixture(scope="module")
 def server(tiny_repo: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(tiny_repo, MODSERVE_MAX_INPUTS_PER_REQUEST="8",
-                      MODSERVE_MAX_REQUEST_BODY_BYTES="20000")
+    s = ServerProcess(
+        tiny_repo, MODSERVE_MAX_INPUTS_PER_REQUEST="8", MODSERVE_MAX_REQUEST_BODY_BYTES="20000"
+    )
     s.wait_ready()
     yield s
     s.stop()
@@ -67,7 +68,9 @@ def test_triton_health_and_metadata(triton: tg.InferenceServerClient, openai):
     meta = triton.get_model_metadata("tiny", as_json=True)
     assert meta["inputs"] == [{"name": "TEXT", "datatype": "BYTES", "shape": ["-1"]}]
     assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
-        ("SCORES", "FP32", ["-1", str(len(cats))]), ("FLAGS", "BOOL", ["-1", str(len(cats))])]
+        ("SCORES", "FP32", ["-1", str(len(cats))]),
+        ("FLAGS", "BOOL", ["-1", str(len(cats))]),
+    ]
     config = triton.get_model_config("tiny").config
     assert json.loads(config.parameters["categories"].string_value) == cats
     assert triton.get_inference_statistics("tiny").model_stats[0].name == "tiny"
@@ -89,9 +92,11 @@ def test_triton_infer_matches_openai_route(triton: tg.InferenceServerClient, ope
 def test_typed_contents_and_output_subset(channel: grpc.Channel, openai):
     t = Tensor(name="TEXT", datatype="BYTES", shape=[1])
     t.contents.bytes_contents.append(TEXTS[1].encode())
-    req = kpb.ModelInferRequest(model_name="tiny", inputs=[t],
-                                outputs=[kpb.ModelInferRequest.InferRequestedOutputTensor(
-                                    name="SCORES")])
+    req = kpb.ModelInferRequest(
+        model_name="tiny",
+        inputs=[t],
+        outputs=[kpb.ModelInferRequest.InferRequestedOutputTensor(name="SCORES")],
+    )
     resp = kpb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req)
     assert [o.name for o in resp.outputs] == ["SCORES"]
     scores = np.frombuffer(resp.raw_output_contents[0], dtype="<f4")
@@ -104,23 +109,38 @@ def _raw(*items: bytes) -> bytes:
 
 def _req(name="TEXT", datatype="BYTES", shape=(1,), raw=None, model="tiny"):
     tensor = Tensor(name=name, datatype=datatype, shape=list(shape))
-    return kpb.ModelInferRequest(model_name=model, inputs=[tensor],
-                                 raw_input_contents=list(raw or [_raw(b"x")]))
+    return kpb.ModelInferRequest(
+        model_name=model, inputs=[tensor], raw_input_contents=list(raw or [_raw(b"x")])
+    )
 
 
-@pytest.mark.parametrize("req, code", [
-    (_req(datatype="FP32", raw=(struct.pack("<f", 1.0),)), "INVALID_ARGUMENT"),
-    (_req(shape=(1, 1)), "INVALID_ARGUMENT"),
-    (_req(shape=(2,)), "INVALID_ARGUMENT"),                    # shape disagrees with data
-    (_req(name="INPUT0"), "INVALID_ARGUMENT"),                 # missing TEXT
-    (kpb.ModelInferRequest(model_name="tiny"), "INVALID_ARGUMENT"),  # no inputs at all
-    (_req(shape=(0,), raw=(b"",)), "INVALID_ARGUMENT"),        # empty batch
-    (_req(raw=(_raw(b"\xff\xfe"),)), "INVALID_ARGUMENT"),      # undecodable bytes
-    (_req(raw=(b"\x09\x00\x00\x00abc",)), "INVALID_ARGUMENT"),  # truncated tensor
-    (_req(raw=(_raw(b"x"), _raw(b"y"))), "INVALID_ARGUMENT"),  # raw contents count
-    (_req(model="nope"), "NOT_FOUND"),
-], ids=["datatype", "shape-rank", "shape-count", "missing-text", "no-inputs", "empty",
-        "utf8", "truncated", "raw-count", "unknown-model"])
+@pytest.mark.parametrize(
+    "req, code",
+    [
+        (_req(datatype="FP32", raw=(struct.pack("<f", 1.0),)), "INVALID_ARGUMENT"),
+        (_req(shape=(1, 1)), "INVALID_ARGUMENT"),
+        (_req(shape=(2,)), "INVALID_ARGUMENT"),  # shape disagrees with data
+        (_req(name="INPUT0"), "INVALID_ARGUMENT"),  # missing TEXT
+        (kpb.ModelInferRequest(model_name="tiny"), "INVALID_ARGUMENT"),  # no inputs at all
+        (_req(shape=(0,), raw=(b"",)), "INVALID_ARGUMENT"),  # empty batch
+        (_req(raw=(_raw(b"\xff\xfe"),)), "INVALID_ARGUMENT"),  # undecodable bytes
+        (_req(raw=(b"\x09\x00\x00\x00abc",)), "INVALID_ARGUMENT"),  # truncated tensor
+        (_req(raw=(_raw(b"x"), _raw(b"y"))), "INVALID_ARGUMENT"),  # raw contents count
+        (_req(model="nope"), "NOT_FOUND"),
+    ],
+    ids=[
+        "datatype",
+        "shape-rank",
+        "shape-count",
+        "missing-text",
+        "no-inputs",
+        "empty",
+        "utf8",
+        "truncated",
+        "raw-count",
+        "unknown-model",
+    ],
+)
 def test_kserve_bad_requests_get_precise_status(channel: grpc.Channel, req, code: str):
     with pytest.raises(grpc.RpcError) as e:
         kpb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req)
@@ -131,7 +151,8 @@ def test_kserve_bad_requests_get_precise_status(channel: grpc.Channel, req, code
 def test_moderate_unary_matches_openai_route(channel: grpc.Channel, openai):
     cats, expected_scores, expected_flags = openai
     resp = pb_grpc.ModerationStub(channel).Moderate(
-        pb.ModerateRequest(input=TEXTS, model="omni-moderation-latest"))
+        pb.ModerateRequest(input=TEXTS, model="omni-moderation-latest")
+    )
     assert resp.id.startswith("modr-") and resp.model == "tiny"
     assert len(resp.results) == len(TEXTS)
     for r, s, f in zip(resp.results, expected_scores, expected_flags, strict=True):
@@ -155,9 +176,11 @@ def test_moderate_stream_answers_in_order(channel: grpc.Channel, openai):
 
 def test_moderate_errors(channel: grpc.Channel):
     stub = pb_grpc.ModerationStub(channel)
-    for req, code in ((pb.ModerateRequest(), grpc.StatusCode.INVALID_ARGUMENT),
-                      (pb.ModerateRequest(input=["x"] * 9), grpc.StatusCode.INVALID_ARGUMENT),
-                      (pb.ModerateRequest(input=["x"], model="nope"), grpc.StatusCode.NOT_FOUND)):
+    for req, code in (
+        (pb.ModerateRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.ModerateRequest(input=["x"] * 9), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.ModerateRequest(input=["x"], model="nope"), grpc.StatusCode.NOT_FOUND),
+    ):
         with pytest.raises(grpc.RpcError) as e:
             stub.Moderate(req)
         assert e.value.code() == code
@@ -183,28 +206,39 @@ def test_health_is_serving(channel: grpc.Channel):
 def test_full_queue_is_resource_exhausted(tiny_repo: Path):
     # As in test_overload_and_readiness: the first request waits up to 3 s for company with
     # 16 of 64 queue tokens; a long request does not fit, on any transport.
-    s = ServerProcess(tiny_repo, MODSERVE_MAX_QUEUE_TOKENS="64",
-                      MODSERVE_MAX_BATCH_WAIT_MS="3000")
+    s = ServerProcess(tiny_repo, MODSERVE_MAX_QUEUE_TOKENS="64", MODSERVE_MAX_BATCH_WAIT_MS="3000")
     s.wait_ready()
     long_text = "long " * 50
     try:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool, \
-                grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as ch:
-            first = pool.submit(httpx.post, s.base + "/v1/moderations",
-                                json={"input": "short"}, timeout=30)
-            while 'modserve_queue_tokens{model="tiny"} 16.0' not in httpx.get(
-                    s.base + "/metrics").text:
+        with (
+            concurrent.futures.ThreadPoolExecutor(1) as pool,
+            grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as ch,
+        ):
+            first = pool.submit(
+                httpx.post, s.base + "/v1/moderations", json={"input": "short"}, timeout=30
+            )
+            while (
+                'modserve_queue_tokens{model="tiny"} 16.0'
+                not in httpx.get(s.base + "/metrics").text
+            ):
                 pass
             with pytest.raises(grpc.RpcError) as e:
                 kpb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
-                    _req(raw=(_raw(long_text.encode()),)))
+                    _req(raw=(_raw(long_text.encode()),))
+                )
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             with pytest.raises(grpc.RpcError) as e:
                 pb_grpc.ModerationStub(ch).Moderate(pb.ModerateRequest(input=[long_text]))
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert ("retry-after", "1") in e.value.trailing_metadata()
-            r = httpx.post(s.base + "/v2/models/tiny/infer", json={"inputs": [
-                {"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": [long_text]}]})
+            r = httpx.post(
+                s.base + "/v2/models/tiny/infer",
+                json={
+                    "inputs": [
+                        {"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": [long_text]}
+                    ]
+                },
+            )
             assert r.status_code == 429 and r.headers["Retry-After"] == "1"
             assert isinstance(r.json()["error"], str)
             assert first.result().status_code == 200  # the queued request is not lost
@@ -213,19 +247,26 @@ def test_full_queue_is_resource_exhausted(tiny_repo: Path):
 
 
 async def test_before_models_load_auth_unavailable_and_not_serving(tiny_repo: Path):
-    settings = Settings(model_repo=tiny_repo, model="tiny", host="127.0.0.1",
-                        grpc_port=free_port(), api_keys=["k"])
+    settings = Settings(
+        model_repo=tiny_repo, model="tiny", host="127.0.0.1", grpc_port=free_port(), api_keys=["k"]
+    )
     registry = ModelRegistry(settings, Metrics())  # never started: models "still loading"
-    async with grpc_serving(settings, registry), \
-            grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as ch:
+    async with (
+        grpc_serving(settings, registry),
+        grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as ch,
+    ):
         health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        assert not (await kpb_grpc.GRPCInferenceServiceStub(ch).ServerReady(
-            kpb.ServerReadyRequest())).ready
+        assert not (
+            await kpb_grpc.GRPCInferenceServiceStub(ch).ServerReady(kpb.ServerReadyRequest())
+        ).ready
         stub = pb_grpc.ModerationStub(ch)
-        for key, code in (("bad", grpc.StatusCode.UNAUTHENTICATED),
-                          ("k", grpc.StatusCode.UNAVAILABLE)):
+        for key, code in (
+            ("bad", grpc.StatusCode.UNAUTHENTICATED),
+            ("k", grpc.StatusCode.UNAVAILABLE),
+        ):
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                await stub.Moderate(pb.ModerateRequest(input=["x"]),
-                                    metadata=(("authorization", f"Bearer {key}"),))
+                await stub.Moderate(
+                    pb.ModerateRequest(input=["x"]), metadata=(("authorization", f"Bearer {key}"),)
+                )
             assert e.value.code() == code, e.value.details()

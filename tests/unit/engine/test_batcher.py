@@ -13,11 +13,17 @@ BUCKETS = [16, 32, 64]
 FOREVER = 3600.0
 
 
-def make(max_batch_tokens: int = 64, max_batch_size: int = 100, wait_ms: float = 60_000,
-         max_queue_tokens: int = 10_000, drops: list | None = None) -> TokenBudgetBatcher:
+def make(
+    max_batch_tokens: int = 64,
+    max_batch_size: int = 100,
+    wait_ms: float = 60_000,
+    max_queue_tokens: int = 10_000,
+    drops: list | None = None,
+) -> TokenBudgetBatcher:
     on_drop = (lambda r, n: drops.append((r, n))) if drops is not None else None
-    return TokenBudgetBatcher(BUCKETS, max_batch_tokens, max_batch_size, wait_ms,
-                              max_queue_tokens, on_drop=on_drop)
+    return TokenBudgetBatcher(
+        BUCKETS, max_batch_tokens, max_batch_size, wait_ms, max_queue_tokens, on_drop=on_drop
+    )
 
 
 def seq(n_tokens: int, bucket: int) -> tuple[list[int], int]:

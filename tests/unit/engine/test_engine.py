@@ -58,8 +58,9 @@ async def test_long_text_scores_max_over_chunks(tiny_repo: Path):
         await engine.stop()
     expect = raw.max(axis=0)
     cols = [result.categories.index(w) for w in engine.loaded.cfg.labels]
-    np.testing.assert_allclose(result.scores[0, cols], np.minimum(
-        expect, result.scores[0, cols]), atol=1e-6)
+    np.testing.assert_allclose(
+        result.scores[0, cols], np.minimum(expect, result.scores[0, cols]), atol=1e-6
+    )
     # hate (parent) is untouched by capping, so it equals the chunk max exactly
     h = engine.loaded.cfg.labels.index("hate")
     assert result.scores[0, result.categories.index("hate")] == pytest.approx(expect[h], abs=1e-6)
@@ -83,8 +84,9 @@ async def test_model_failure_reaches_every_waiting_request(tiny_repo: Path):
 
     engine._forward = broken  # type: ignore[method-assign]
     try:
-        results = await asyncio.gather(*(engine.classify([t]) for t in TEXTS[:3]),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(engine.classify([t]) for t in TEXTS[:3]), return_exceptions=True
+        )
     finally:
         await engine.stop()
     assert all(isinstance(r, InferenceFailed) for r in results)

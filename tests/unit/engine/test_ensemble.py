@@ -30,8 +30,9 @@ class Fixed:
 async def test_weighted_mean_thresholds_and_agreement():
     a = Fixed("a", [[0.9, 0.1, 0.0], [0.1, 0.0, 0.2]])
     b = Fixed("b", [[0.3, 0.1, 0.0], [0.1, 0.0, 0.2]])
-    cfg = EnsembleConfig(name="ens", members={"a": 3.0, "b": 1.0},
-                         thresholds={"hate/threatening": 0.05})
+    cfg = EnsembleConfig(
+        name="ens", members={"a": 3.0, "b": 1.0}, thresholds={"hate/threatening": 0.05}
+    )
     r = await EnsembleEngine(cfg, {"a": a, "b": b}).classify(["x", "y"])
     np.testing.assert_allclose(r.scores[0], [0.75, 0.1, 0.0], atol=1e-6)  # (3*.9 + .3) / 4
     assert r.flags[0].tolist() == [True, True, False]
@@ -43,8 +44,12 @@ async def test_weighted_mean_thresholds_and_agreement():
 async def test_plain_mean_ignores_weights_and_child_flags_parent():
     a = Fixed("a", [[0.2, 0.2, 0.0]])
     b = Fixed("b", [[0.4, 0.4, 0.0]])
-    cfg = EnsembleConfig(name="e", members={"a": 9.0, "b": 1.0}, combine="mean",
-                         thresholds={"hate": 0.9, "hate/threatening": 0.3})
+    cfg = EnsembleConfig(
+        name="e",
+        members={"a": 9.0, "b": 1.0},
+        combine="mean",
+        thresholds={"hate": 0.9, "hate/threatening": 0.3},
+    )
     r = await EnsembleEngine(cfg, {"a": a, "b": b}).classify(["x"])
     np.testing.assert_allclose(r.scores[0], [0.3, 0.3, 0.0], atol=1e-6)
     assert r.flags[0].tolist() == [True, True, False]  # child over 0.3 flags hate too
@@ -53,8 +58,9 @@ async def test_plain_mean_ignores_weights_and_child_flags_parent():
 def test_plan_models_loads_members_once(tmp_path: Path):
     ens = tmp_path / "ens"
     ens.mkdir()
-    (ens / "config.yaml").write_text(yaml.safe_dump(
-        {"name": "ens", "members": {"m1": 1.0, "m2": 1.0}}))
+    (ens / "config.yaml").write_text(
+        yaml.safe_dump({"name": "ens", "members": {"m1": 1.0, "m2": 1.0}})
+    )
     plain, ensembles = plan_models(["m1", "ens"], tmp_path)
     assert plain == ["m1", "m2"] and list(ensembles) == ["ens"]
     (ens / "config.yaml").write_text(yaml.safe_dump({"name": "other", "members": {"m1": 1}}))

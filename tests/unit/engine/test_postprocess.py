@@ -8,24 +8,40 @@ import pytest
 from serving.engine.postprocess import PostProcessor
 from serving.model.repo_config import DerivedRule, ModelConfig
 
-CORE = ["harassment", "harassment/threatening", "self-harm", "self-harm/intent",
-        "self-harm/instructions"]
+CORE = [
+    "harassment",
+    "harassment/threatening",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+]
 CFG = ModelConfig(
-    name="t", labels=["hate", "hate/threatening", "sexual", "violence", *CORE],
+    name="t",
+    labels=["hate", "hate/threatening", "sexual", "violence", *CORE],
     thresholds={"hate": 0.5, "hate/threatening": 0.2, "sexual": 0.5, "violence": 0.5},
     derived={
         "sexual/minors": DerivedRule(parent="sexual", gate_regex=r"\b(child|kid)s?\b"),
-        "violence/graphic": DerivedRule(parent="violence", gate_regex=r"\bgore\b",
-                                        ungated_factor=0.25),
+        "violence/graphic": DerivedRule(
+            parent="violence", gate_regex=r"\bgore\b", ungated_factor=0.25
+        ),
     },
 )
 
 
 def test_served_categories_in_canonical_order():
     assert PostProcessor(CFG).categories == [
-        "harassment", "harassment/threatening", "hate", "hate/threatening", "self-harm",
-        "self-harm/intent", "self-harm/instructions", "sexual", "sexual/minors", "violence",
-        "violence/graphic"]
+        "harassment",
+        "harassment/threatening",
+        "hate",
+        "hate/threatening",
+        "self-harm",
+        "self-harm/intent",
+        "self-harm/instructions",
+        "sexual",
+        "sexual/minors",
+        "violence",
+        "violence/graphic",
+    ]
 
 
 def test_config_must_cover_every_core_category():

@@ -18,8 +18,10 @@ async def test_not_ready_until_the_last_model_is_loaded(
 ) -> None:
     make_tiny_model_repo(tmp_path, "m1", seed=1)
     make_tiny_model_repo(tmp_path, "m2", seed=2)
-    reg = ModelRegistry(Settings(model_repo=tmp_path, model="m1", extra_models=["m2"],
-                                 device="cpu", cpu_threads=1), Metrics())
+    reg = ModelRegistry(
+        Settings(model_repo=tmp_path, model="m1", extra_models=["m2"], device="cpu", cpu_threads=1),
+        Metrics(),
+    )
     ready_when_loading: dict[str, bool] = {}
     real_load = registry_module.load_model
 

@@ -28,8 +28,14 @@ def _restore_threads() -> Iterator[None]:
         ("1", 2, 0, 1, 1),  # a Ray replica with num_cpus=1 (Ray sets OMP_NUM_THREADS)
     ],
 )
-def test_workers_and_threads(monkeypatch: pytest.MonkeyPatch, cores: str, workers: int,
-                             threads: int, expect_workers: int, expect_threads: int) -> None:
+def test_workers_and_threads(
+    monkeypatch: pytest.MonkeyPatch,
+    cores: str,
+    workers: int,
+    threads: int,
+    expect_workers: int,
+    expect_threads: int,
+) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", cores)
     settings = Settings(cpu_workers=workers, cpu_threads=threads)
     assert apply_cpu_layout(settings) == expect_workers
@@ -54,7 +60,8 @@ def test_without_omp_num_threads_the_usable_cpus_count(monkeypatch: pytest.Monke
         (100, "cpu", 1, 256, 100),  # ...as set: too small is the batcher's error, not hidden
     ],
 )
-def test_batch_token_budget_follows_the_device(setting: int, device: str, threads: int,
-                                               largest_bucket: int, expect: int) -> None:
+def test_batch_token_budget_follows_the_device(
+    setting: int, device: str, threads: int, largest_bucket: int, expect: int
+) -> None:
     settings = Settings(max_batch_tokens=setting)
     assert settings.resolved_max_batch_tokens(device, threads, largest_bucket) == expect

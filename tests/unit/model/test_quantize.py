@@ -26,8 +26,14 @@ from serving.model.quantize import (
 
 def _encoder(seed: int = 0) -> BertModel:
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=500,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+    )
     return BertModel(cfg, add_pooling_layer=False).eval()
 
 
@@ -73,10 +79,14 @@ def test_int8_linear_matches_hand_computed_asymmetric_quantisation() -> None:
     scale = 2.17 / 255
     zero = round(-128 + 0.17 / scale)
     xq = [(min(127, max(-128, round(v / scale + zero))) - zero) * scale for v in x[0].tolist()]
-    wq = [[round(w / (max(abs(r) for r in row) / 127)) * max(abs(r) for r in row) / 127
-           for w in row] for row in lin.weight.tolist()]
-    expected = [sum(a * b for a, b in zip(xq, row, strict=True)) + bias
-                for row, bias in zip(wq, [0.5, -1.0], strict=True)]
+    wq = [
+        [round(w / (max(abs(r) for r in row) / 127)) * max(abs(r) for r in row) / 127 for w in row]
+        for row in lin.weight.tolist()
+    ]
+    expected = [
+        sum(a * b for a, b in zip(xq, row, strict=True)) + bias
+        for row, bias in zip(wq, [0.5, -1.0], strict=True)
+    ]
     with torch.inference_mode():
         got = qlin(x)
     torch.testing.assert_close(got, torch.tensor([expected]), atol=1e-5, rtol=1e-5)
@@ -115,7 +125,8 @@ def test_smoothing_file_round_trip(tmp_path: Path) -> None:
 
 
 def test_missing_smoothing_file_warns_and_runs_unsmoothed(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="serving.model.quantize"):
         assert load_smoothing(tmp_path) is None
     assert SMOOTHING_FILE in caplog.text
@@ -127,15 +138,18 @@ def test_compiled_matches_eager_across_shapes() -> None:
     assert compiled.forward is not eager.forward
     for batch, length in [(1, 16), (2, 16), (5, 33), (3, 64)]:  # batch 1 + dynamic shapes
         ids, mask = _inputs(batch, length)
-        torch.testing.assert_close(_hidden(compiled, ids, mask), _hidden(eager, ids, mask),
-                                   atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(
+            _hidden(compiled, ids, mask), _hidden(eager, ids, mask), atol=2e-3, rtol=2e-3
+        )
 
 
-def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_compile_failure_falls_back_to_eager(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken_compile(fn, **_kw):  # type: ignore[no-untyped-def]
         def run(*_a, **_k):  # type: ignore[no-untyped-def]
             raise RuntimeError("no C++ compiler found")
+
         return run
 
     monkeypatch.setattr(quantize.torch, "compile", broken_compile)

@@ -21,8 +21,13 @@ def test_truncated_bytes_tensor_is_invalid(raw: bytes):
 
 def test_text_input_header_checks():
     assert kserve.check_text_input("TEXT", "BYTES", [3], ["TEXT"]) == 3
-    bad = [("TEXT", "FP32", [1], ["TEXT"]), ("TEXT", "BYTES", [1, 1], ["TEXT"]),
-           ("X", "BYTES", [1], ["X"]), ("TEXT", "BYTES", [1], ["TEXT", "X"]), ("", "", [], [])]
+    bad = [
+        ("TEXT", "FP32", [1], ["TEXT"]),
+        ("TEXT", "BYTES", [1, 1], ["TEXT"]),
+        ("X", "BYTES", [1], ["X"]),
+        ("TEXT", "BYTES", [1], ["TEXT", "X"]),
+        ("", "", [], []),
+    ]
     for args in bad:
         with pytest.raises(InvalidRequest):
             kserve.check_text_input(*args)

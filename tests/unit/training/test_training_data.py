@@ -22,10 +22,13 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def test_corpus_layout_unknown_is_masked(tmp_path: Path) -> None:
-    p = _write(tmp_path / "a.jsonl.gz", [
-        {"text": "I hate them", "labels": {"hate": 1}, "source": "a"},
-        {"text": "nice day", "labels": {"hate": 0, "violence": 0}, "source": "a"},
-    ])
+    p = _write(
+        tmp_path / "a.jsonl.gz",
+        [
+            {"text": "I hate them", "labels": {"hate": 1}, "source": "a"},
+            {"text": "nice day", "labels": {"hate": 0, "violence": 0}, "source": "a"},
+        ],
+    )
     ex = D.load_examples([p], LABELS, fill_hierarchy=False)
     assert len(ex) == 2
     assert ex[0].labels.tolist() == [1, 0, 0, 0, 0]
@@ -42,10 +45,13 @@ def test_hierarchy_fill_only_unknowns() -> None:
 
 
 def test_eval_layout(tmp_path: Path) -> None:
-    _write(tmp_path / "eval.jsonl", [
-        {"prompt": "some text", "S": 1, "H": 0, "V": 0, "S3": 0},
-        {"prompt": "other text", "H": 1, "H2": 1},
-    ])
+    _write(
+        tmp_path / "eval.jsonl",
+        [
+            {"prompt": "some text", "S": 1, "H": 0, "V": 0, "S3": 0},
+            {"prompt": "other text", "H": 1, "H2": 1},
+        ],
+    )
     ex = D.load_examples([tmp_path], LABELS, dedup=False, fill_hierarchy=False)
     assert [e.text for e in ex] == ["some text", "other text"]
     assert ex[0].labels.tolist() == [0, 0, 1, 0, 0]
@@ -56,25 +62,41 @@ def test_eval_layout(tmp_path: Path) -> None:
 
 
 def test_dedup_merges_and_masks_conflicts(tmp_path: Path) -> None:
-    p = _write(tmp_path / "a.jsonl", [
-        {"text": "Hello, World!", "labels": {"hate": 0, "violence": 0}, "source": "a"},
-        {"text": "hello world", "labels": {"hate": 1, "sexual": 0}, "source": "b"},
-    ])
+    p = _write(
+        tmp_path / "a.jsonl",
+        [
+            {"text": "Hello, World!", "labels": {"hate": 0, "violence": 0}, "source": "a"},
+            {"text": "hello world", "labels": {"hate": 1, "sexual": 0}, "source": "b"},
+        ],
+    )
     ex = D.load_examples([p], LABELS, fill_hierarchy=False)
     assert len(ex) == 1
     assert ex[0].mask.tolist() == [0, 0, 1, 0, 1]  # hate conflicts -> masked
 
 
 def test_source_filters(tmp_path: Path) -> None:
-    rows = [{"text": f"text {s} {i}", "labels": {"hate": 0}, "source": s}
-            for s in ("open_src", "nc_src", "other") for i in range(3)]
+    rows = [
+        {"text": f"text {s} {i}", "labels": {"hate": 0}, "source": s}
+        for s in ("open_src", "nc_src", "other")
+        for i in range(3)
+    ]
     p = _write(tmp_path / "a.jsonl", rows)
     sj = tmp_path / "sources.json"
-    sj.write_text(json.dumps({"sources": [
-        {"name": "open_src", "license_status": "open"},
-        {"name": "nc_src", "license_status": "non-commercial (CC-BY-NC-4.0)", "weak_label": False},
-        {"name": "other", "license_status": "unclear", "weak_label": True},
-    ]}))
+    sj.write_text(
+        json.dumps(
+            {
+                "sources": [
+                    {"name": "open_src", "license_status": "open"},
+                    {
+                        "name": "nc_src",
+                        "license_status": "non-commercial (CC-BY-NC-4.0)",
+                        "weak_label": False,
+                    },
+                    {"name": "other", "license_status": "unclear", "weak_label": True},
+                ]
+            }
+        )
+    )
     srcs = {e.source for e in D.load_examples([p], LABELS, sj)}
     assert srcs == {"open_src", "other"}
     srcs = {e.source for e in D.load_examples([p], LABELS, sj, exclude_license=())}
@@ -89,8 +111,11 @@ def test_source_filters(tmp_path: Path) -> None:
 
 
 def _examples(counts: dict[str, int]) -> list[D.Example]:
-    return [D.Example(f"{s} {i}", np.zeros(1, np.float32), np.ones(1, np.float32), s)
-            for s, n in counts.items() for i in range(n)]
+    return [
+        D.Example(f"{s} {i}", np.zeros(1, np.float32), np.ones(1, np.float32), s)
+        for s, n in counts.items()
+        for i in range(n)
+    ]
 
 
 def test_stratified_split_per_source_and_deterministic() -> None:

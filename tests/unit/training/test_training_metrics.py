@@ -93,8 +93,11 @@ def test_masked_bce_ignores_masked_entries() -> None:
     assert a.item() == pytest.approx(b.item())
     # equals the mean over the three known entries
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    known = [bce(torch.tensor(2.0), torch.tensor(1.0)), bce(torch.tensor(0.5), torch.tensor(0.0)),
-             bce(torch.tensor(3.0), torch.tensor(1.0))]
+    known = [
+        bce(torch.tensor(2.0), torch.tensor(1.0)),
+        bce(torch.tensor(0.5), torch.tensor(0.0)),
+        bce(torch.tensor(3.0), torch.tensor(1.0)),
+    ]
     assert a.item() == pytest.approx(float(sum(known) / 3))
     # gradient does not flow into the masked logit
     lg = logits.clone().requires_grad_(True)
@@ -115,8 +118,7 @@ def test_flagged_by_source_by_hand() -> None:
     # 2 categories; row 4 has no known label and is skipped (and so is its source entry)
     y = np.array([[1, 0], [0, 0], [0, 1], [0, 0], [1, 1]], dtype=np.float32)
     m = np.array([[1, 1], [1, 1], [0, 1], [1, 0], [0, 0]], dtype=np.float32)
-    s = np.array([[0.9, 0.1], [0.2, 0.8], [0.99, 0.3], [0.5, 0.95], [1.0, 1.0]],
-                 dtype=np.float32)
+    s = np.array([[0.9, 0.1], [0.2, 0.8], [0.99, 0.3], [0.5, 0.95], [1.0, 1.0]], dtype=np.float32)
     out = M.flagged_by_source(y, s, m, ["a", "a", "b", "b", "c"])
     # source a: truth [1, 0], known-max score [0.9, 0.8] -> AP 1.0
     assert out["a"] == {"rows": 2, "positives": 1, "auprc": 1.0}
