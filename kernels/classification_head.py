@@ -95,7 +95,7 @@ try:  # pragma: no cover - exercised where triton is installed
 except ImportError:  # the server must run where triton is not importable
     HAS_TRITON = False
 
-KERNEL_ENV = "MODSERVE_HEAD_KERNEL"  # auto (Triton on CUDA) | triton (force) | torch (reference)
+HeadKernel = Literal["auto", "triton", "torch"]  # MODSERVE_HEAD_KERNEL (Settings.head_kernel)
 BLOCK_T_TOKENS = 32
 BLOCK_H_MAX = 128
 
@@ -250,15 +250,24 @@ def fused_head_scores(
 _checked_devices: dict[torch.device, bool] = {}  # device -> the Triton kernel agreed on it
 
 
-def _use_triton(hidden: torch.Tensor) -> bool:
-    mode = os.environ.get(KERNEL_ENV, "auto")
-    if mode not in ("auto", "triton", "torch"):
-        raise ValueError(f"{KERNEL_ENV}={mode!r}: choose auto, triton or torch")
-    if mode == "torch" or not HAS_TRITON:
-        if mode == "triton":
-            raise RuntimeError(f"{KERNEL_ENV}=triton but triton is not installed")
+def checked_devices() -> dict[torch.device, bool]:
+    """Devices whose first call compared the kernel with the reference; True = it agreed."""
+    return dict(_checked_devices)
+
+
+def forget_checks() -> None:
+    """Check every device again on its next call (tests, or after a driver change)."""
+    _checked_devices.clear()
+
+
+def _use_triton(hidden: torch.Tensor, kernel: HeadKernel) -> bool:
+    if kernel not in ("auto", "triton", "torch"):
+        raise ValueError(f"head kernel {kernel!r}: choose auto, triton or torch")
+    if kernel == "torch" or not HAS_TRITON:
+        if kernel == "triton":
+            raise RuntimeError("head kernel 'triton' asked for, but triton is not installed")
         return False
-    return mode == "triton" or hidden.device.type == "cuda"
+    return kernel == "triton" or hidden.device.type == "cuda"
 
 
 def _self_check(hidden: torch.Tensor, args: tuple, scores: torch.Tensor) -> bool:
@@ -282,17 +291,18 @@ def head_scores(
     bias: torch.Tensor,
     pooling: Pooling,
     activation: Activation,
+    kernel: HeadKernel = "auto",
 ) -> torch.Tensor:
-    """Launcher: the one entry point the engine calls; (B, C) fp32 scores.
+    """Launcher: the one entry point the model calls; (B, C) fp32 scores.
 
-    ``MODSERVE_HEAD_KERNEL``: ``auto`` (default) runs the fused Triton kernel on CUDA
+    ``kernel`` (``MODSERVE_HEAD_KERNEL``): ``auto`` (default) runs the fused Triton kernel on CUDA
     tensors when triton is importable and the torch reference otherwise; ``triton``
     forces the kernel (CPU tensors need ``TRITON_INTERPRET=1``: tests); ``torch`` forces
     the reference. On the first call per device the kernel's output is checked against
     the reference once; if it disagrees or fails to compile, that device stays on torch.
     """
     args = (attention_mask, weight, bias, pooling, activation)
-    if not _use_triton(hidden) or _checked_devices.get(hidden.device) is False:
+    if not _use_triton(hidden, kernel) or _checked_devices.get(hidden.device) is False:
         return head_scores_reference(hidden, *args)
     if hidden.device not in _checked_devices:
         try:

@@ -1,7 +1,8 @@
-"""``modserve serve | classify | train | eval | calibrate | bench``.
+"""``modserve serve | classify``: the server's own commands (also ``python -m serving.cli``).
 
-Every ``serve`` flag is also a ``MODSERVE_<FLAG>`` environment variable
-(flags win). Run ``modserve serve --help`` for the full list.
+Every ``serve`` flag is also a ``MODSERVE_<FLAG>`` environment variable (flags win). Run
+``modserve serve --help`` for the full list. The umbrella ``modserve`` command
+(``modserve/cli.py``) adds the model pipeline and the benchmarks.
 """
 
 from __future__ import annotations
@@ -47,15 +48,11 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
     names = [d for _, d, _, _ in _MODEL_FLAGS + _SERVE_FLAGS]
     overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-    if isinstance(overrides.get("api_keys"), str):
-        overrides["api_keys"] = [k for k in overrides["api_keys"].split(",") if k]
-    return Settings(**overrides)
+    return Settings(**overrides)  # Settings splits comma-separated lists itself
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from serving.api.openai import create_app
+    from serving.app import run
 
     settings = settings_from_args(args)
     logging.basicConfig(
@@ -63,10 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.ray:
         return serve_on_ray(settings)
-    app = create_app(settings)
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
-    )
+    run(settings)
     return 0
 
 
@@ -125,52 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("text", nargs="+", help="one or more texts")
     _add(classify, _MODEL_FLAGS)
     classify.set_defaults(func=cmd_classify)
-    bench = sub.add_parser(
-        "bench", help="load test modserve and peers (benchmarks.load)", add_help=False
-    )
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=lambda a: cmd_bench(a.rest))
-    for name, help_ in (
-        ("train", "train a moderation model"),
-        ("eval", "evaluate a model directory on labelled JSONL"),
-        ("calibrate", "choose per-category thresholds on validation data"),
-        ("export", "calibrate, gate int8, evaluate and write a trained run into model_repo/"),
-    ):
-        p = sub.add_parser(name, help=help_, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_training_command(name))
     return parser
-
-
-def _training_command(name: str) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        return run_training(name, args.rest)
-
-    return run
-
-
-TRAINING_COMMANDS = ("train", "eval", "calibrate", "export")
-
-
-def run_training(name: str, argv: list[str]) -> int:
-    from training import cli as training_cli
-
-    fn = getattr(training_cli, f"{name}_main")
-    return int(fn(argv) or 0)
-
-
-def cmd_bench(argv: list[str]) -> int:
-    from benchmarks.load import main as bench_main
-
-    return bench_main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # every flag after it is benchmarks.load's (incl. --help)
-        return cmd_bench(argv[1:])
-    if argv[:1] and argv[0] in TRAINING_COMMANDS:  # flags after it are the pipeline's
-        return run_training(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -32,7 +32,8 @@ def _split_csv(v: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MODSERVE_", extra="ignore")
+    # An empty variable (MODSERVE_X=) means "not set": the default applies.
+    model_config = SettingsConfigDict(env_prefix="MODSERVE_", extra="ignore", env_ignore_empty=True)
 
     # --- where and what to serve -------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Interface to bind; 127.0.0.1 keeps it local.")
@@ -54,6 +55,13 @@ class Settings(BaseSettings):
         description="CPU int8 only: compile the W8A8 encoder with torch.compile (about 2x "
         "fp32; 40-110 s more start-up on 2 cores, needs g++). false = same scores at about "
         "fp32 speed.",
+    )
+    head_kernel: Literal["auto", "triton", "torch"] = Field(
+        "auto",
+        description="Classification head (pool + linear + sigmoid): auto = the fused Triton "
+        "kernel on CUDA (checked once per device against torch, torch if it disagrees), torch "
+        "on CPU; triton = the kernel everywhere (CPU needs TRITON_INTERPRET=1: tests only); "
+        "torch = the reference everywhere.",
     )
     cpu_threads: int = Field(
         0,

@@ -13,20 +13,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
+from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from serving.api.http import create_http_app
+from serving.app import ray_ingress_lifespan
 from serving.config import RayServeSettings, Settings
-from serving.engine.engine import ClassifyResult, Engine
 from serving.engine.ensemble import EnsembleConfig, EnsembleEngine, plan_models
 from serving.engine.metrics import Metrics
-from serving.engine.registry import apply_cpu_layout, resolve_engine
+from serving.engine.registry import build_engine, resolve_engine
+from serving.engine.types import ClassifyResult
 from serving.errors import ModerationError, NotReady, Overloaded
-from serving.model.load import load_model
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +40,7 @@ class ClassifierReplica:
     def __init__(self, model_name: str, settings: dict[str, Any]) -> None:
         self.settings = Settings(**settings)
         self.model_name = model_name
-        device = self.settings.resolved_device()
-        workers = apply_cpu_layout(self.settings) if device == "cpu" else 1
-        loaded = load_model(
-            self.settings.model_repo / model_name,
-            device,
-            self.settings.dtype,
-            self.settings.int8_compile,
-        )
-        self.engine = Engine(loaded, self.settings, Metrics(), core_workers=workers)
+        self.engine = build_engine(self.settings.model_repo / model_name, self.settings, Metrics())
         self._started: asyncio.Task[None] | None = None
 
     async def _ensure_started(self) -> None:
@@ -53,9 +48,10 @@ class ClassifierReplica:
             self._started = asyncio.get_running_loop().create_task(self.engine.start())
         await asyncio.shield(self._started)
 
-    async def ready(self) -> list[str]:
+    async def ready(self) -> tuple[list[str], str]:
+        """Once warm: (categories, version) for the ingress's ``RemoteEngine``."""
         await self._ensure_started()
-        return self.engine.categories
+        return self.engine.categories, self.engine.version
 
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
         await self._ensure_started()
@@ -67,12 +63,15 @@ class ClassifierReplica:
 
 
 class RemoteEngine:
-    """Quacks like ``Engine`` for the HTTP app; forwards to a classifier deployment."""
+    """A ``Classifier`` for the ingress's transports; forwards to a classifier deployment."""
 
-    def __init__(self, name: str, handle: DeploymentHandle, categories: list[str]) -> None:
+    def __init__(
+        self, name: str, handle: DeploymentHandle, categories: list[str], version: str
+    ) -> None:
         self.name = name
         self.handle = handle
         self.categories = categories
+        self.version = version
         self.ready = True
 
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
@@ -93,7 +92,7 @@ class RemoteEngine:
 
 
 class RemoteRegistry:
-    """Quacks like ``ModelRegistry``: model-name resolution over deployment handles."""
+    """A ``Registry`` over deployment handles: model-name resolution on the ingress."""
 
     def __init__(
         self,
@@ -120,8 +119,8 @@ class RemoteRegistry:
         app_name = serve.get_replica_context().app_name
         for name, deployment in self.deployments.items():
             handle = serve.get_deployment_handle(deployment, app_name=app_name)
-            categories = await handle.ready.remote()
-            self.engines[name] = RemoteEngine(name, handle, categories)
+            categories, version = await handle.ready.remote()
+            self.engines[name] = RemoteEngine(name, handle, categories, version)
         for name, cfg in self.ensembles.items():
             self.engines[name] = EnsembleEngine(cfg, {m: self.engines[m] for m in cfg.members})
         self.metrics.ready.set(1)
@@ -149,14 +148,12 @@ class Ingress:
         self.classifiers = classifiers
 
 
-def _ingress_builder(settings: dict[str, Any]) -> Any:
-    def build() -> Any:
-        from serving.api.openai import create_app
-
+def _ingress_builder(settings: dict[str, Any]) -> Callable[[], FastAPI]:
+    def build() -> FastAPI:
         s = Settings(**settings)
         plain, ensembles = plan_models(s.model_names(), s.model_repo)
-        names = {m: deployment_name(m) for m in plain}
-        return create_app(s, registry=RemoteRegistry(s, names, ensembles))  # type: ignore[arg-type]
+        registry = RemoteRegistry(s, {m: deployment_name(m) for m in plain}, ensembles)
+        return create_http_app(registry, lifespan=ray_ingress_lifespan(registry))
 
     return build
 

@@ -9,6 +9,7 @@ class ModerationError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    retryable = False  # the same request may succeed later: every transport sends Retry-After
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -57,6 +58,7 @@ class Overloaded(ModerationError):
     status = 429
     type = "rate_limit_error"
     code = "queue_full"
+    retryable = True
 
 
 class DeadlineExceeded(ModerationError):
@@ -69,6 +71,7 @@ class NotReady(ModerationError):
     status = 503
     type = "server_error"
     code = "not_ready"
+    retryable = True
 
 
 class InferenceFailed(ModerationError):

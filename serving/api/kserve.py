@@ -13,42 +13,45 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from serving.api.auth import require_api_key
 from serving.api.body import read_body
-from serving.auth import check_bearer
-from serving.engine.registry import ModelRegistry
-from serving.errors import InvalidRequest, ModerationError, NotReady
+from serving.engine.types import Registry
+from serving.errors import InvalidRequest, NotReady
 from serving.protocol import kserve
 
+KSERVE_PREFIX = "/v2"
 HEADER_LENGTH = "inference-header-content-length"
-Handler = Callable[..., Awaitable[Response]]
+Handler = Callable[[Request, str, str], Awaitable[Response]]
 
 
-def add_kserve_routes(app: FastAPI, registry: ModelRegistry) -> None:
-    app.include_router(kserve_router(registry))
-
-
-def kserve_router(reg: ModelRegistry) -> APIRouter:
+def kserve_router(reg: Registry) -> APIRouter:
     settings = reg.settings
-    router = APIRouter(prefix="/v2", tags=["KServe v2"])
+    router = APIRouter(prefix=KSERVE_PREFIX, tags=["KServe v2"])
+    keyed = [Depends(require_api_key(settings.api_keys))]
 
-    def route(method: str, suffix: str, summary: str) -> Callable[[Handler], Handler]:
+    def route(
+        method: str, suffix: str, summary: str, needs_key: bool = True
+    ) -> Callable[[Handler], Handler]:
         """Register ``fn`` on /models/{name}<suffix> and /models/{name}/versions/{v}<suffix>."""
 
         def deco(fn: Handler) -> Handler:
-            async def wrapped(request: Request, name: str, version: str = "") -> Response:
-                try:
-                    return await fn(request, name, version)
-                except ModerationError as e:
-                    return kserve_error(e, settings.retry_after_s, reg)
+            async def endpoint(request: Request, name: str, version: str = "") -> Response:
+                return await fn(request, name, version)
 
             for path in (
                 f"/models/{{name}}{suffix}",
                 f"/models/{{name}}/versions/{{version}}{suffix}",
             ):
-                router.add_api_route(path, wrapped, methods=[method], summary=summary)
+                router.add_api_route(
+                    path,
+                    endpoint,
+                    methods=[method],
+                    summary=summary,
+                    dependencies=keyed if needs_key else None,
+                )
             return fn
 
         return deco
@@ -65,31 +68,28 @@ def kserve_router(reg: ModelRegistry) -> APIRouter:
     async def ready() -> Response:
         if reg.ready:
             return JSONResponse({"ready": True})
-        err = NotReady(reg.load_error or "Models are loading and warming up.")
-        return kserve_error(err, settings.retry_after_s, reg)
+        raise NotReady(reg.load_error or "Models are loading and warming up.")
 
     @route("GET", "", "Model metadata (column names in parameters.categories)")
     async def metadata(request: Request, name: str, version: str) -> Response:
-        check_bearer(request.headers.get("authorization"), settings.api_keys)
         engine = reg.resolve(name)
-        kserve.check_version(engine, version)
-        body = kserve.model_metadata(engine)
+        kserve.check_version(engine.name, engine.version, version)
+        body = kserve.model_metadata(engine.name, engine.version, engine.categories)
         body["parameters"] = {"categories": list(engine.categories)}
         return JSONResponse(body)
 
-    @route("GET", "/ready", "Model readiness")
+    @route("GET", "/ready", "Model readiness", needs_key=False)
     async def model_ready(request: Request, name: str, version: str) -> Response:
         engine = reg.resolve(name)
-        kserve.check_version(engine, version)
+        kserve.check_version(engine.name, engine.version, version)
         if not engine.ready:
             raise NotReady(f"Model {engine.name!r} is still loading.")
         return JSONResponse({"name": engine.name, "ready": True})
 
     @route("GET", "/config", "Model config (Triton form)")
     async def config(request: Request, name: str, version: str) -> Response:
-        check_bearer(request.headers.get("authorization"), settings.api_keys)
         engine = reg.resolve(name)
-        kserve.check_version(engine, version)
+        kserve.check_version(engine.name, engine.version, version)
         c = len(engine.categories)
         return JSONResponse(
             {
@@ -101,15 +101,16 @@ def kserve_router(reg: ModelRegistry) -> APIRouter:
                     {"name": kserve.SCORES, "data_type": "TYPE_FP32", "dims": [-1, c]},
                     {"name": kserve.FLAGS, "data_type": "TYPE_BOOL", "dims": [-1, c]},
                 ],
-                "parameters": {"categories": {"string_value": kserve.categories_json(engine)}},
+                "parameters": {
+                    "categories": {"string_value": kserve.categories_json(engine.categories)}
+                },
             }
         )
 
     @route("POST", "/infer", "Inference: TEXT (BYTES [n]) -> SCORES (FP32), FLAGS (BOOL) [n, C]")
     async def infer(request: Request, name: str, version: str) -> Response:
-        check_bearer(request.headers.get("authorization"), settings.api_keys)
         engine = reg.resolve(name)
-        served = kserve.check_version(engine, version)
+        served = kserve.check_version(engine.name, engine.version, version)
         header, binary = split_body(
             await read_body(request, settings.max_request_body_bytes),
             request.headers.get(HEADER_LENGTH),
@@ -148,12 +149,6 @@ def kserve_router(reg: ModelRegistry) -> APIRouter:
         )
 
     return router
-
-
-def kserve_error(err: ModerationError, retry_after_s: int, reg: ModelRegistry) -> JSONResponse:
-    reg.metrics.request_failures.labels(type(err).__name__).inc()
-    headers = {"Retry-After": str(retry_after_s)} if err.status in (429, 503) else {}
-    return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:

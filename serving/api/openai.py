@@ -1,9 +1,7 @@
-"""FastAPI transport: decode -> engine -> encode, nothing else.
+"""OpenAI routes: ``POST /v1/moderations`` (+ alias ``/api/llm/moderations``), ``GET /v1/models``.
 
-Routes: ``POST /v1/moderations`` (+ alias ``/api/llm/moderations``),
-``GET /v1/models``, ``/health`` (live), ``/ready`` (loaded and warmed),
-``/metrics`` (Prometheus), ``/docs`` (OpenAPI). Every error leaves in the
-OpenAI envelope ``{"error": {message, type, param, code}}``.
+Decode -> registry's classifier -> encode, nothing else; errors are raised as
+``ModerationError`` and leave through the app's handler (api/http.py).
 """
 
 from __future__ import annotations
@@ -12,32 +10,22 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 
+from serving.api.auth import require_api_key
 from serving.api.body import read_body
-from serving.api.kserve import add_kserve_routes
-from serving.auth import check_bearer
-from serving.config import OPENAI_MODEL_ALIASES, Settings
-from serving.engine.metrics import Metrics
-from serving.engine.registry import ModelRegistry
-from serving.errors import (
-    InvalidRequest,
-    ModerationError,
-    NotReady,
-)
+from serving.config import OPENAI_MODEL_ALIASES
+from serving.engine.types import Registry
+from serving.errors import InvalidRequest
 from serving.protocol.openai import (
     ModerationRequest,
     ModerationResponse,
     build_response,
     parse_request,
 )
-from serving.rpc.server import grpc_serving
 
 log = logging.getLogger(__name__)
 
@@ -60,62 +48,10 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return walk(schema)
 
 
-def error_response(err: ModerationError, retry_after_s: int) -> JSONResponse:
-    headers = {}
-    if err.status in (429, 503):
-        headers["Retry-After"] = str(retry_after_s)
-    return JSONResponse(err.envelope(), status_code=err.status, headers=headers)
-
-
-def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FastAPI:
-    metrics = registry.metrics if registry is not None else Metrics()
-    reg = registry or ModelRegistry(settings, metrics)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async def load() -> None:
-            try:
-                await reg.start()
-            except Exception as e:
-                reg.load_error = reg.load_error or f"{type(e).__name__}: {e}"
-                log.exception("model loading failed")
-
-        task = asyncio.create_task(load())
-        async with grpc_serving(settings, reg):  # gRPC on settings.grpc_port; 0 = off
-            yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await reg.stop()
-
-    app = FastAPI(
-        title="modserve",
-        version="0.1.0",
-        lifespan=lifespan,
-        description="OpenAI-compatible moderation classifier server.",
-    )
-    app.state.registry = reg
-    add_kserve_routes(app, reg)  # KServe v2 / Triton HTTP routes under /v2
-    retry = settings.retry_after_s
-
-    @app.exception_handler(ModerationError)
-    async def _moderation_error(_: Request, exc: ModerationError) -> JSONResponse:
-        metrics.request_failures.labels(type(exc).__name__).inc()
-        return error_response(exc, retry)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = ModerationError(str(exc.detail))
-        err.status, err.type = exc.status_code, "invalid_request_error"
-        return error_response(err, retry)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        metrics.request_failures.labels("internal").inc()
-        return error_response(ModerationError(f"Internal error: {type(exc).__name__}."), retry)
-
-    def check_auth(request: Request) -> None:
-        check_bearer(request.headers.get("authorization"), settings.api_keys)
+def openai_router(registry: Registry) -> APIRouter:
+    settings, metrics = registry.settings, registry.metrics
+    router = APIRouter(dependencies=[Depends(require_api_key(settings.api_keys))])
+    request_schema = _inline_refs(ModerationRequest.model_json_schema())
 
     async def read_json(request: Request) -> Any:
         body = await read_body(request, settings.max_request_body_bytes)
@@ -127,16 +63,13 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
                 'object such as {"input": "text"}.'
             ) from None
 
-    request_schema = _inline_refs(ModerationRequest.model_json_schema())
-
     async def moderations(request: Request) -> Response:
         t0 = time.perf_counter()
-        check_auth(request)
         body = await read_json(request)
         texts, requested = parse_request(
             body, settings.max_inputs_per_request, settings.max_input_chars
         )
-        engine = reg.resolve(requested)
+        engine = registry.resolve(requested)
         metrics.requests.labels(engine.name).inc()
         result = await _until_disconnect(request, engine.classify(texts))
         if result is None:  # nobody is listening: no body, and no error in the server log
@@ -159,7 +92,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         return JSONResponse(payload, headers=headers)
 
     for path in MODERATION_PATHS:
-        app.add_api_route(
+        router.add_api_route(
             path,
             moderations,
             methods=["POST"],
@@ -175,34 +108,19 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
             include_in_schema=path == MODERATION_PATHS[0],
         )
 
-    @app.get("/v1/models", summary="List served models (OpenAI list format)")
-    async def list_models(request: Request) -> dict[str, Any]:
-        check_auth(request)
-        ids = [*reg.engines, *OPENAI_MODEL_ALIASES] if reg.engines else []
+    @router.get("/v1/models", summary="List served models (OpenAI list format)")
+    async def list_models() -> dict[str, Any]:
+        engines = registry.engines
+        ids = [*engines, *OPENAI_MODEL_ALIASES] if engines else []
         return {
             "object": "list",
             "data": [
-                {"id": m, "object": "model", "created": reg.created, "owned_by": "modserve"}
+                {"id": m, "object": "model", "created": registry.created, "owned_by": "modserve"}
                 for m in ids
             ],
         }
 
-    @app.get("/health", summary="Liveness: the process answers")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready", summary="Readiness: every model loaded and warmed")
-    async def ready() -> Response:
-        if reg.ready:
-            return JSONResponse({"status": "ready", "models": list(reg.engines)})
-        msg = reg.load_error or "Models are loading and warming up."
-        raise NotReady(msg)
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def prometheus() -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    return app
+    return router
 
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away first"

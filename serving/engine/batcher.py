@@ -27,7 +27,7 @@ from serving.errors import DeadlineExceeded, Overloaded
 
 
 @dataclass(eq=False)
-class SequenceInner:
+class QueuedSequence:
     """One queued sequence and the future its request awaits."""
 
     ids: list[int]
@@ -40,7 +40,7 @@ class SequenceInner:
 @dataclass
 class Batch:
     bucket: int
-    items: list[SequenceInner]
+    items: list[QueuedSequence]
     cut_at: float
 
     @property
@@ -72,7 +72,7 @@ class TokenBudgetBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_batch_wait_ms / 1000.0
         self.max_queue_tokens = max_queue_tokens
-        self._queues: dict[int, deque[SequenceInner]] = {b: deque() for b in self.buckets}
+        self._queues: dict[int, deque[QueuedSequence]] = {b: deque() for b in self.buckets}
         self._queued_tokens = 0
         self._queued_seqs = 0
         self._wakeup = asyncio.Event()
@@ -86,6 +86,16 @@ class TokenBudgetBatcher:
     @property
     def queued_sequences(self) -> int:
         return self._queued_seqs
+
+    def queued_in(self, bucket: int) -> int:
+        """Sequences waiting in ``bucket``."""
+        return len(self._queues[bucket])
+
+    def set_max_batch_wait_ms(self, wait_ms: float) -> None:
+        """Change how long a partly filled batch waits for company; applies at once, also to
+        the batch being held back now (run-time tuning, tests)."""
+        self.max_wait_s = wait_ms / 1000.0
+        self._wakeup.set()
 
     def capacity(self, bucket: int) -> int:
         return max(1, min(self.max_batch_size, self.max_batch_tokens // bucket))
@@ -103,7 +113,7 @@ class TokenBudgetBatcher:
         futures = []
         for ids, bucket in seqs:
             fut: asyncio.Future[Any] = loop.create_future()
-            self._queues[bucket].append(SequenceInner(ids, bucket, deadline, fut, now))
+            self._queues[bucket].append(QueuedSequence(ids, bucket, deadline, fut, now))
             futures.append(fut)
         self._queued_tokens += cost
         self._queued_seqs += len(seqs)
@@ -111,16 +121,16 @@ class TokenBudgetBatcher:
         return futures
 
     # -- consumer side ----------------------------------------------------------------------
-    def _pop(self, bucket: int) -> SequenceInner:
+    def _pop(self, bucket: int) -> QueuedSequence:
         item = self._queues[bucket].popleft()
         self._queued_tokens -= bucket
         self._queued_seqs -= 1
         return item
 
     def _prune(self, now: float) -> None:
-        """Drop heads that are cancelled/answered or past their deadline."""
+        """Drop every queued sequence that is cancelled/answered or past its deadline."""
         for b, q in self._queues.items():
-            kept: deque[SequenceInner] = deque()
+            kept: deque[QueuedSequence] = deque()
             dropped_cancel = dropped_deadline = 0
             for s in q:
                 if s.future.done():

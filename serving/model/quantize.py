@@ -46,27 +46,20 @@ two core threads (``MODSERVE_CPU_WORKERS=2``) that took a 16 x 64 int8 forward l
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import TypeAdapter
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from serving.config import Settings
+
 log = logging.getLogger(__name__)
 
-COMPILE_ENV = "MODSERVE_INT8_COMPILE"
 SMOOTHING_FILE = "int8_smoothing.safetensors"  # in the model's version directory
 DEFAULT_SMOOTHING_ALPHA = 0.5  # 0.3 / 0.4 / 0.75 moved scores more on the default model
-
-
-def compile_enabled() -> bool:
-    """``MODSERVE_INT8_COMPILE`` (default true), parsed like ``Settings.int8_compile``."""
-    value = os.environ.get(COMPILE_ENV, "").strip()
-    return TypeAdapter(bool).validate_python(value) if value else True
 
 
 class Int8Linear(nn.Module):
@@ -147,7 +140,7 @@ def quantize_encoder_int8(
     for parent, attr, name, linear in _linears(encoder):
         setattr(parent, attr, Int8Linear(linear, smoothing.get(name)))
     if compile_model is None:
-        compile_model = compile_enabled()
+        compile_model = Settings().int8_compile  # MODSERVE_INT8_COMPILE
     if compile_model:
         _compile_forward(encoder)
     return encoder

@@ -18,55 +18,39 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from serving import __version__
 from serving.errors import InvalidRequest, ModelNotFound
-from serving.protocol.openai import parse_request
+from serving.protocol.limits import check_texts
 
 INPUT = "TEXT"
 SCORES = "SCORES"
 FLAGS = "FLAGS"
 OUTPUTS = (SCORES, FLAGS)
 SERVER_NAME = "modserve"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = __version__
 PLATFORM = "modserve_moderation"
 
 
-class Servable(Protocol):
-    """What the KServe transports read from a served model (an Engine or an ensemble)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def categories(self) -> list[str]: ...
-
-
-def served_version(engine: Servable) -> str:
-    """The model_repo version folder; "1" for models without one (ensembles)."""
-    loaded = getattr(engine, "loaded", None)
-    return str(loaded.cfg.version) if loaded is not None else "1"
-
-
-def check_version(engine: Servable, version: str | None) -> str:
-    """The served version; an empty ``version`` means "the one served"."""
-    served = served_version(engine)
-    if version not in (None, "", served):
+def check_version(model: str, served: str, requested: str | None) -> str:
+    """The served version of ``model``; an empty ``requested`` means "the one served"."""
+    if requested not in (None, "", served):
         raise ModelNotFound(
-            f"Model {engine.name!r} has no version {version!r}; served version: {served!r}.",
+            f"Model {model!r} has no version {requested!r}; served version: {served!r}.",
             param="model_version",
         )
     return served
 
 
-def model_metadata(engine: Servable) -> dict[str, Any]:
+def model_metadata(model: str, version: str, categories: Sequence[str]) -> dict[str, Any]:
     """``GET /v2/models/{name}`` body (gRPC ``ModelMetadataResponse`` has the same fields)."""
-    c = len(engine.categories)
+    c = len(categories)
     return {
-        "name": engine.name,
-        "versions": [served_version(engine)],
+        "name": model,
+        "versions": [version],
         "platform": PLATFORM,
         "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
         "outputs": [
@@ -76,8 +60,8 @@ def model_metadata(engine: Servable) -> dict[str, Any]:
     }
 
 
-def categories_json(engine: Servable) -> str:
-    return json.dumps(list(engine.categories))
+def categories_json(categories: Sequence[str]) -> str:
+    return json.dumps(list(categories))
 
 
 def check_text_input(
@@ -160,8 +144,7 @@ def decode_texts(
             ) from None
     if not texts:
         raise InvalidRequest(f"Input {INPUT!r} is empty; send at least one text.", param=INPUT)
-    parsed, _ = parse_request({"input": texts}, max_inputs, max_chars)
-    return parsed
+    return check_texts(texts, max_inputs, max_chars)
 
 
 def output_arrays(scores: np.ndarray, flags: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.categories import BY_WIRE
 from serving.errors import InvalidRequest
+from serving.protocol.limits import check_texts
 
 
 class TextPart(BaseModel):
@@ -66,29 +67,13 @@ def parse_request(body: Any, max_inputs: int, max_chars: int) -> tuple[list[str]
     if isinstance(raw, str):
         texts = [raw]
     elif isinstance(raw, list):
-        if not raw:
-            raise InvalidRequest("'input' must not be an empty array.", param="input")
         texts = [_item_text(item, i) for i, item in enumerate(raw)]
     else:
         raise InvalidRequest(
             "'input' must be a string, an array of strings, or an array of content parts.",
             param="input",
         )
-    if len(texts) > max_inputs:
-        raise InvalidRequest(
-            f"'input' has {len(texts)} items; at most {max_inputs} are allowed per request "
-            "(MODSERVE_MAX_INPUTS_PER_REQUEST).",
-            param="input",
-        )
-    for i, t in enumerate(texts):
-        if len(t) > max_chars:
-            raise InvalidRequest(
-                f"input[{i}] is {len(t)} characters; the limit is {max_chars} "
-                "(MODSERVE_MAX_INPUT_CHARS).",
-                param=f"input[{i}]",
-                code="string_above_max_length",
-            )
-    return texts, model
+    return check_texts(texts, max_inputs, max_chars), model
 
 
 def _item_text(item: Any, i: int) -> str:

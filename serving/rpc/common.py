@@ -4,21 +4,24 @@ Status codes follow the HTTP status of each ``ModerationError`` (serving/errors.
 so both transports answer the same failure the same way:
 400 -> INVALID_ARGUMENT, 401 -> UNAUTHENTICATED, 404 -> NOT_FOUND,
 413/429 -> RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE, 504 -> DEADLINE_EXCEEDED,
-anything else -> INTERNAL. 429 and 503 carry ``retry-after`` trailing metadata.
+anything else -> INTERNAL. Retryable errors (429, 503) carry ``retry-after`` trailing
+metadata.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
 from serving.auth import check_bearer
-from serving.engine.registry import ModelRegistry
+from serving.engine.types import Registry
 from serving.errors import ModerationError
 
 log = logging.getLogger(__name__)
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]  # what every servicer method receives
 
 STATUS_BY_HTTP = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -32,30 +35,30 @@ STATUS_BY_HTTP = {
 
 
 class ServicerBase:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.settings = registry.settings
         self.metrics = registry.metrics
 
-    def check_auth(self, context: Any) -> None:
+    def check_auth(self, context: Context) -> None:
         if not self.settings.api_keys:
             return
         meta = dict((m.key, m.value) for m in context.invocation_metadata() or ())
         check_bearer(meta.get("authorization"), self.settings.api_keys)
 
     @staticmethod
-    def time_left_s(context: Any) -> float | None:
+    def time_left_s(context: Context) -> float | None:
         """The client's deadline, passed to the engine so expired work never runs."""
         left = context.time_remaining()
         return None if left is None else max(left, 0.001)
 
-    async def fail(self, context: Any, exc: Exception) -> NoReturn:
+    async def fail(self, context: Context, exc: Exception) -> NoReturn:
         """End the call with the status matching ``exc`` (never UNKNOWN)."""
         if isinstance(exc, ModerationError):
             code = STATUS_BY_HTTP.get(exc.status, grpc.StatusCode.INTERNAL)
             message, kind = exc.message, type(exc).__name__
             trailer = [("modserve-error-code", exc.code)] if exc.code else []
-            if exc.status in (429, 503):
+            if exc.retryable:
                 trailer.append(("retry-after", str(self.settings.retry_after_s)))
         else:
             log.error("unexpected error in a gRPC call", exc_info=exc)

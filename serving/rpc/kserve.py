@@ -13,9 +13,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from serving.engine.types import Classifier
 from serving.errors import InvalidRequest, ModerationError
 from serving.protocol import kserve
-from serving.rpc.common import ServicerBase
+from serving.rpc.common import Context, ServicerBase
 
 _CONFIG_TYPES = {"BYTES": mc.TYPE_STRING, "FP32": mc.TYPE_FP32, "BOOL": mc.TYPE_BOOL}
 
@@ -25,36 +26,48 @@ def _tensors(specs: list[dict[str, Any]]) -> list[Any]:
 
 
 class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer):
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.registry.ready)
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
         try:
             engine = self.registry.resolve(request.name)
-            kserve.check_version(engine, request.version)
+            kserve.check_version(engine.name, engine.version, request.version)
         except ModerationError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=engine.ready)
 
-    async def _authorized_model(self, request: Any, context: Any) -> Any:
+    async def _authorized_model(
+        self, request: pb.ModelMetadataRequest | pb.ModelConfigRequest, context: Context
+    ) -> Classifier:
         """Auth, then the engine for ``request.name``/``version``; aborts the call on error."""
         try:
             self.check_auth(context)
             engine = self.registry.resolve(request.name)
-            kserve.check_version(engine, request.version)
+            kserve.check_version(engine.name, engine.version, request.version)
         except Exception as e:
             await self.fail(context, e)
         return engine
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=kserve.SERVER_NAME, version=kserve.SERVER_VERSION)
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
         engine = await self._authorized_model(request, context)
-        meta = kserve.model_metadata(engine)
+        meta = kserve.model_metadata(engine.name, engine.version, engine.categories)
         return pb.ModelMetadataResponse(
             name=meta["name"],
             versions=meta["versions"],
@@ -63,9 +76,11 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
             outputs=_tensors(meta["outputs"]),
         )
 
-    async def ModelConfig(self, request: Any, context: Any) -> Any:
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
         engine = await self._authorized_model(request, context)
-        meta = kserve.model_metadata(engine)
+        meta = kserve.model_metadata(engine.name, engine.version, engine.categories)
         cfg = mc.ModelConfig(
             name=engine.name,
             platform=kserve.PLATFORM,
@@ -83,10 +98,12 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
                 for t in meta["outputs"]
             ],
         )
-        cfg.parameters["categories"].string_value = kserve.categories_json(engine)
+        cfg.parameters["categories"].string_value = kserve.categories_json(engine.categories)
         return pb.ModelConfigResponse(config=cfg)
 
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
         """Names and versions only (counters live in /metrics); perf_analyzer asks for it."""
         engines = list(self.registry.engines.values())
         if request.name:
@@ -95,21 +112,23 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
             except Exception as e:
                 await self.fail(context, e)
         return pb.ModelStatisticsResponse(
-            model_stats=[
-                pb.ModelStatistics(name=e.name, version=kserve.served_version(e)) for e in engines
-            ]
+            model_stats=[pb.ModelStatistics(name=e.name, version=e.version) for e in engines]
         )
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
         try:
             return await self._infer(request, context)
         except Exception as e:
             await self.fail(context, e)
 
-    async def _infer(self, request: Any, context: Any) -> Any:
+    async def _infer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
         self.check_auth(context)
         engine = self.registry.resolve(request.model_name)
-        served = kserve.check_version(engine, request.model_version)
+        served = kserve.check_version(engine.name, engine.version, request.model_version)
         inputs = list(request.inputs)
         names = [t.name for t in inputs]
         text = inputs[0] if inputs else pb.ModelInferRequest.InferInputTensor()

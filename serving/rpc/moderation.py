@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
-from serving.protocol.openai import new_id, parse_request
-from serving.rpc.common import ServicerBase
+import grpc
+
+from serving.protocol.limits import check_texts
+from serving.protocol.openai import new_id
+from serving.rpc.common import Context, ServicerBase
 
 try:
     from serving._proto.modserve.v1 import moderation_pb2 as pb
@@ -25,19 +27,21 @@ STREAM_WINDOW = 32  # requests of one stream classified concurrently; answers ke
 
 
 class ModerationServicer(ServicerBase, pb_grpc.ModerationServicer):
-    async def Moderate(self, request: Any, context: Any) -> Any:
+    async def Moderate(self, request: pb.ModerateRequest, context: Context) -> pb.ModerateResponse:
         try:
             self.check_auth(context)
             return await self._moderate(request, context)
         except Exception as e:
             await self.fail(context, e)
 
-    async def ModerateStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+    async def ModerateStream(
+        self, request_iterator: AsyncIterator[pb.ModerateRequest], context: Context
+    ) -> AsyncIterator[pb.ModerateResponse]:
         try:
             self.check_auth(context)
         except Exception as e:
             await self.fail(context, e)
-        pending: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue()
+        pending: asyncio.Queue[asyncio.Future[pb.ModerateResponse] | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_WINDOW)
 
         async def read() -> None:
@@ -68,11 +72,9 @@ class ModerationServicer(ServicerBase, pb_grpc.ModerationServicer):
         if error is not None:
             await self.fail(context, error)
 
-    async def _moderate(self, request: Any, context: Any) -> Any:
+    async def _moderate(self, request: pb.ModerateRequest, context: Context) -> pb.ModerateResponse:
         s = self.settings
-        texts, _ = parse_request(
-            {"input": list(request.input)}, s.max_inputs_per_request, s.max_input_chars
-        )
+        texts = check_texts(request.input, s.max_inputs_per_request, s.max_input_chars)
         engine = self.registry.resolve(request.model or None)
         self.metrics.requests.labels(engine.name).inc()
         result = await engine.classify(texts, timeout_s=self.time_left_s(context))
@@ -85,5 +87,5 @@ class ModerationServicer(ServicerBase, pb_grpc.ModerationServicer):
         return response
 
 
-def add_to_server(servicer: ModerationServicer, server: Any) -> None:
+def add_to_server(servicer: ModerationServicer, server: grpc.aio.Server) -> None:
     pb_grpc.add_ModerationServicer_to_server(servicer, server)

@@ -5,8 +5,8 @@
 - ``grpc.health.v1.Health``: NOT_SERVING until every model is loaded and warmed,
   then SERVING (overall "" and per service), NOT_SERVING again on shutdown.
 
-It runs in the event loop of the HTTP server and shares its ModelRegistry:
-``grpc_serving(settings, registry)`` wraps the FastAPI lifespan. Largest
+The composition root (serving/app.py) runs it beside the HTTP server, in the same event
+loop and over the same registry: ``grpc_serving(settings, registry)``. Largest
 message in or out: ``MODSERVE_MAX_REQUEST_BODY_BYTES``.
 """
 
@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from serving.config import Settings
-from serving.engine.registry import ModelRegistry
+from serving.engine.types import Registry
 from serving.rpc.kserve import KServeServicer
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ SHUTDOWN_GRACE_S = 5.0
 READY_POLL_S = 0.1
 
 
-def build_server(settings: Settings, registry: ModelRegistry) -> tuple[Any, Any, list[str]]:
+def build_server(settings: Settings, registry: Registry) -> tuple[Any, Any, list[str]]:
     """(server, health servicer, service names); the moderation stubs are imported here."""
     from serving.rpc import moderation as grpc_moderation
 
@@ -57,7 +57,7 @@ async def _set_health(health_servicer: Any, services: list[str], status: Any) ->
 
 
 async def _serving_when_ready(
-    registry: ModelRegistry, health_servicer: Any, services: list[str]
+    registry: Registry, health_servicer: Any, services: list[str]
 ) -> None:
     while not registry.ready:
         await asyncio.sleep(READY_POLL_S)
@@ -65,7 +65,7 @@ async def _serving_when_ready(
 
 
 @asynccontextmanager
-async def grpc_serving(settings: Settings, registry: ModelRegistry) -> AsyncIterator[Any]:
+async def grpc_serving(settings: Settings, registry: Registry) -> AsyncIterator[Any]:
     """Serve gRPC for the duration of the block; ``settings.grpc_port == 0`` turns it off."""
     if settings.grpc_port <= 0:
         yield None

@@ -61,3 +61,28 @@ def test_serve_help_lists_every_flag():
         "--dtype",
     ):
         assert flag in out
+
+
+def _modserve(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modserve", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+def test_umbrella_command_lists_and_dispatches_every_command(tmp_path: Path):
+    out = _modserve("--help")
+    assert out.returncode == 0, out.stderr
+    for command in ("serve", "classify", "train", "eval", "calibrate", "export", "bench"):
+        assert f"  {command} " in out.stdout
+    wrong = _modserve("trian")
+    assert wrong.returncode == 2 and "usage: modserve" in wrong.stderr
+    train = _modserve("train", "--help")
+    assert train.returncode == 0 and "modserve train" in train.stdout
+    # Outside the checkout too: benchmarks are installed with the package.
+    bench = _modserve("bench", "--help", cwd=tmp_path)
+    assert bench.returncode == 0, bench.stderr
+    assert "--servers" in bench.stdout

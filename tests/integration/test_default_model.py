@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from serving.config import DEFAULT_MODEL_NAME
 from serving.model.repo_config import load_model_config
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repo" / "modserve-moderation-minilm"
+MODEL_DIR = Path(__file__).resolve().parents[2] / "model_repo" / DEFAULT_MODEL_NAME
 WEIGHTS = (
     load_model_config(MODEL_DIR).version_dir(MODEL_DIR) / "model.safetensors"
     if (MODEL_DIR / "config.yaml").is_file()

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
+from serving.config import DEFAULT_MODEL_NAME
 from serving.engine.postprocess import PostProcessor
-from serving.model.load import load_model
+from serving.model.load import load_model, packaged_encoder_dir
 from serving.model.repo_config import load_model_config
 from training import data as D
-from training.defaults import DEFAULT_LABELS, default_encoder_dir, default_model_config
+from training.defaults import DEFAULT_LABELS, default_model_config
 from training.evaluate import evaluate, score_served, served_scores
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ TOKENIZER_FILES = (
 def _tiny_encoder(path: Path) -> Path:
     from transformers import BertConfig, BertModel
 
-    src = default_encoder_dir()
+    src = packaged_encoder_dir()
     path.mkdir()
     for f in TOKENIZER_FILES:
         if (src / f).is_file():
@@ -132,7 +133,7 @@ def test_train_export_load_score(tmp_path: Path) -> None:
 
     repo = tmp_path / "model_repo"
     out = ship(run_dir, repo)
-    model_dir = repo / "modserve-moderation-minilm"
+    model_dir = repo / DEFAULT_MODEL_NAME
     for f in (
         "config.yaml",
         "1/config.json",

@@ -13,8 +13,10 @@ import pytest
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from serving.api.openai import create_app
+from serving.api.http import create_http_app
 from serving.config import Settings
+from serving.engine.metrics import Metrics
+from serving.engine.registry import ModelRegistry
 from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -149,7 +151,8 @@ def test_unknown_model_and_version_are_404(client: th.InferenceServerClient, ser
 
 
 async def test_kserve_not_ready_is_503(tiny_repo: Path):
-    app = create_app(Settings(model_repo=tiny_repo, model="tiny"))  # lifespan never runs
+    registry = ModelRegistry(Settings(model_repo=tiny_repo, model="tiny"), Metrics())
+    app = create_http_app(registry)  # nothing starts the registry: it never loads
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         assert (await c.get("/v2/health/live")).status_code == 200

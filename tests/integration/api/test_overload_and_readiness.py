@@ -8,8 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.api.openai import create_app
+from serving.api.http import create_http_app
 from serving.config import Settings
+from serving.engine.metrics import Metrics
+from serving.engine.registry import ModelRegistry
 from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -44,7 +46,8 @@ def test_full_queue_answers_429_with_retry_after(tiny_repo: Path):
 
 
 async def test_not_ready_is_503(tiny_repo: Path):
-    app = create_app(Settings(model_repo=tiny_repo, model="tiny"))  # lifespan never runs
+    registry = ModelRegistry(Settings(model_repo=tiny_repo, model="tiny"), Metrics())
+    app = create_http_app(registry)  # nothing starts the registry: it never loads
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         assert (await c.get("/health")).status_code == 200

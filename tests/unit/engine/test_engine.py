@@ -52,7 +52,7 @@ async def test_long_text_scores_max_over_chunks(tiny_repo: Path):
         text = " ".join(f"w{i}" for i in range(200))
         chunks = engine.tokenizer.chunk_texts([text])
         assert len(chunks) > 2
-        raw = engine._forward([c.ids for c in chunks], 64)  # (M, L) per chunk
+        raw = engine.forward([c.ids for c in chunks], 64)  # (M, L) per chunk
         result = await engine.classify([text])
     finally:
         await engine.stop()
@@ -79,10 +79,10 @@ async def test_input_over_token_limit_is_invalid_request(tiny_repo: Path):
 async def test_model_failure_reaches_every_waiting_request(tiny_repo: Path):
     engine = await started(tiny_repo, max_batch_wait_ms=20)
 
-    def broken(seqs, bucket):
+    def broken(input_ids, attention_mask):
         raise RuntimeError("CUDA error: device-side assert")
 
-    engine._forward = broken  # type: ignore[method-assign]
+    engine.loaded.model = broken  # type: ignore[assignment]
     try:
         results = await asyncio.gather(
             *(engine.classify([t]) for t in TEXTS[:3]), return_exceptions=True
@@ -108,12 +108,13 @@ async def test_cancelled_request_never_reaches_model(tiny_repo: Path):
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         ok = asyncio.create_task(engine.classify(["x " * 60]))  # bucket 64: fills nothing
-        while not engine.batcher._queues[64]:
+        while not engine.batcher.queued_in(64):
             await asyncio.sleep(0)
-        engine.batcher.max_wait_s = 0.0
-        engine.batcher._wakeup.set()
+        engine.batcher.set_max_batch_wait_ms(0)
         await ok
-        dropped = engine.metrics.dropped.labels("tiny", "cancelled")._value.get()
+        dropped = engine.metrics.registry.get_sample_value(
+            "modserve_dropped_sequences_total", {"model": "tiny", "reason": "cancelled"}
+        )
         assert dropped == 1
     finally:
         await engine.stop()

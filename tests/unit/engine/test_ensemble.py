@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from serving.engine.engine import ClassifyResult, Timings
 from serving.engine.ensemble import EnsembleConfig, EnsembleEngine, plan_models
+from serving.engine.types import ClassifyResult, Timings
 
 CATS = ["hate", "hate/threatening", "violence"]
 

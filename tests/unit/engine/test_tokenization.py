@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from serving.engine.tokenization import ChunkingTokenizer, TextTooLongError, bucket_for, pad_batch
-from tests.helpers import packaged_encoder_dir
+from serving.model.load import packaged_encoder_dir
 
 
 @pytest.fixture(scope="module")

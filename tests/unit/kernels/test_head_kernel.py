@@ -106,27 +106,25 @@ def test_head_scores_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
     hidden, mask, weight, bias = _inputs([4, 9], 9, 40, 8, torch.float32, seed=4)
     ref = ch.head_scores_reference(hidden, mask, weight, bias, "mean", "sigmoid")
     for mode in ("triton", "torch", "auto"):
-        monkeypatch.setenv(ch.KERNEL_ENV, mode)
-        monkeypatch.setattr(ch, "_checked_devices", {})
+        ch.forget_checks()
         for _ in range(2):  # first call self-checks, the second uses the chosen path
-            out = ch.head_scores(hidden, mask, weight, bias, "mean", "sigmoid")
+            out = ch.head_scores(hidden, mask, weight, bias, "mean", "sigmoid", kernel=mode)
             torch.testing.assert_close(out, ref, **TOL[torch.float32])
         if mode == "triton" or ON_GPU:
-            assert ch._checked_devices == {hidden.device: True}
+            assert ch.checked_devices() == {hidden.device: True}
         else:
-            assert ch._checked_devices == {}
-    monkeypatch.setenv(ch.KERNEL_ENV, "fast")
+            assert ch.checked_devices() == {}
     with pytest.raises(ValueError, match="choose auto, triton or torch"):
-        ch.head_scores(hidden, mask, weight, bias, "mean", "sigmoid")
+        ch.head_scores(hidden, mask, weight, bias, "mean", "sigmoid", kernel="fast")  # type: ignore[arg-type]
 
 
 def test_kernel_that_disagrees_falls_back_to_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     hidden, mask, weight, bias = _inputs([4, 9], 9, 40, 8, torch.float32, seed=5)
     ref = ch.head_scores_reference(hidden, mask, weight, bias, "mean", "sigmoid")
-    monkeypatch.setenv(ch.KERNEL_ENV, "triton")
-    monkeypatch.setattr(ch, "_checked_devices", {})
+    ch.forget_checks()
     monkeypatch.setattr(ch, "fused_head_scores", lambda *a, **k: (torch.zeros_like(ref), None))
     for _ in range(2):
-        out = ch.head_scores(hidden, mask, weight, bias, "mean", "sigmoid")
+        out = ch.head_scores(hidden, mask, weight, bias, "mean", "sigmoid", kernel="triton")
         torch.testing.assert_close(out, ref)
-    assert ch._checked_devices == {hidden.device: False}
+    assert ch.checked_devices() == {hidden.device: False}
+    ch.forget_checks()

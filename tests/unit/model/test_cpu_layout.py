@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from serving.config import Settings
-from serving.engine.registry import apply_cpu_layout
+from serving.model.cpu_layout import apply_cpu_layout
 
 
 @pytest.fixture(autouse=True)

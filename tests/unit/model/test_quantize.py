@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from serving.config import Settings
 from serving.model import quantize
 from serving.model.quantize import (
     SMOOTHING_FILE,
@@ -165,10 +166,16 @@ def test_compile_failure_falls_back_to_eager(
     assert caplog.text == ""
 
 
-def test_compile_knob(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_knob_is_read_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile_model=None`` follows MODSERVE_INT8_COMPILE, parsed once, by Settings."""
+    compiled: list[bool] = []
+    monkeypatch.setattr(quantize, "_compile_forward", lambda enc: compiled.append(True))
     for value, on in [("0", False), ("off", False), ("1", True), ("", True)]:
-        monkeypatch.setenv(quantize.COMPILE_ENV, value)
-        assert quantize.compile_enabled() is on
+        monkeypatch.setenv("MODSERVE_INT8_COMPILE", value)
+        assert Settings().int8_compile is on
+        compiled.clear()
+        quantize_encoder_int8(copy.deepcopy(_encoder(1)), compile_model=None)
+        assert compiled == ([True] if on else [])
 
 
 def test_compiled_kernels_let_other_python_threads_run(monkeypatch: pytest.MonkeyPatch) -> None:

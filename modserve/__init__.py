@@ -1,0 +1,1 @@
+"""The ``modserve`` command: one entry point above the packages it dispatches to."""

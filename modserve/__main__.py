@@ -1,0 +1,5 @@
+import sys
+
+from modserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""The FastAPI app: OpenAI and KServe v2 routes over one registry, and its error envelopes.
+
+Routes: ``/v1/...`` (api/openai.py), ``/v2/...`` (api/kserve.py), ``/health`` (live),
+``/ready`` (every model loaded and warmed), ``/metrics`` (Prometheus), ``/docs`` (OpenAPI).
+Every error leaves in its protocol's envelope: KServe's ``{"error": "..."}`` under ``/v2``,
+OpenAI's ``{"error": {message, type, param, code}}`` everywhere else, with ``Retry-After``
+when the error says a retry will help. The app loads nothing itself: the composition root
+(``serving/app.py``, or ``serving/deployments.py`` on Ray) owns the registry's lifetime.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving import __version__
+from serving.api.kserve import KSERVE_PREFIX, kserve_router
+from serving.api.openai import openai_router
+from serving.engine.types import Registry
+from serving.errors import ModerationError, NotReady
+
+log = logging.getLogger(__name__)
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> FastAPI:
+    """Routes over ``registry``; ``lifespan`` (optional) runs around the app's lifetime."""
+    settings, metrics = registry.settings, registry.metrics
+    app = FastAPI(
+        title="modserve",
+        version=__version__,
+        lifespan=lifespan,
+        description="OpenAI-compatible moderation classifier server.",
+    )
+    app.state.registry = registry
+    app.include_router(openai_router(registry))
+    app.include_router(kserve_router(registry))
+
+    def error_response(request: Request, err: ModerationError) -> JSONResponse:
+        kserve = request.url.path.startswith(KSERVE_PREFIX)
+        body: dict[str, Any] = {"error": err.message} if kserve else err.envelope()
+        headers = {"Retry-After": str(settings.retry_after_s)} if err.retryable else {}
+        return JSONResponse(body, status_code=err.status, headers=headers)
+
+    @app.exception_handler(ModerationError)
+    async def _moderation_error(request: Request, exc: ModerationError) -> JSONResponse:
+        metrics.request_failures.labels(type(exc).__name__).inc()
+        return error_response(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = ModerationError(str(exc.detail))
+        err.status, err.type = exc.status_code, "invalid_request_error"
+        return error_response(request, err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        metrics.request_failures.labels("internal").inc()
+        return error_response(request, ModerationError(f"Internal error: {type(exc).__name__}."))
+
+    @app.get("/health", summary="Liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: every model loaded and warmed")
+    async def ready() -> Response:
+        if registry.ready:
+            return JSONResponse({"status": "ready", "models": list(registry.engines)})
+        raise NotReady(registry.load_error or "Models are loading and warming up.")
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,113 @@
+"""The composition root: one registry of engines, and the transports over it as siblings.
+
+::
+
+    ModelRegistry (engine/registry.py)   loads and warms every configured model
+      ├── HTTP: api/http.py (OpenAI + KServe v2 routes), served by uvicorn on MODSERVE_PORT
+      └── gRPC: rpc/server.py (KServe v2, modserve.v1, health) on MODSERVE_GRPC_PORT (0 = off)
+
+Both transports answer at once (503 / NOT_SERVING) while the models load in the background,
+and both are handed the same registry: nothing below this module starts a server or loads a
+model on its own. ``serving/deployments.py`` is the other root, for Ray Serve: there Ray's
+proxy serves HTTP and the ingress replica starts the same siblings (``ray_ingress_lifespan``).
+
+Shutdown (SIGINT / SIGTERM): HTTP stops accepting and finishes its requests, gRPC gets
+``SHUTDOWN_GRACE_S``, then the engines drain (queued requests get 503) and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from serving.api.http import Lifespan, create_http_app
+from serving.config import Settings
+from serving.engine.metrics import Metrics
+from serving.engine.registry import ModelRegistry
+from serving.engine.types import Registry
+from serving.rpc.server import grpc_serving
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def models_loading(registry: Registry) -> AsyncIterator[None]:
+    """Load the registry's models in the background for the duration of the block.
+
+    A failure is kept in ``registry.load_error`` (readiness reports it; the process stays up
+    so that the reason can be read), and the engines are stopped when the block ends.
+    """
+
+    async def load() -> None:
+        try:
+            await registry.start()
+        except Exception as e:
+            registry.load_error = registry.load_error or f"{type(e).__name__}: {e}"
+            log.exception("model loading failed")
+
+    task = asyncio.create_task(load())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await registry.stop()
+
+
+@asynccontextmanager
+async def models_and_grpc(registry: Registry) -> AsyncIterator[None]:
+    """Everything but HTTP: the models loading, and the gRPC server beside them."""
+    async with models_loading(registry), grpc_serving(registry.settings, registry):
+        yield
+
+
+def ray_ingress_lifespan(registry: Registry) -> Lifespan:
+    """``models_and_grpc`` as the HTTP app's lifespan: on Ray Serve the proxy serves HTTP and
+    runs the ingress app's lifespan, so that is where the siblings start."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with models_and_grpc(registry):
+            yield
+
+    return lifespan
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn, minus its signal handling: :func:`serve` owns the signals, so that the gRPC
+    server and the engines shut down after HTTP instead of being killed by a re-raised
+    SIGTERM."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings) -> None:
+    """Run the single-process server until SIGINT / SIGTERM."""
+    registry = ModelRegistry(settings, Metrics())
+    http = _HttpServer(
+        uvicorn.Config(
+            create_http_app(registry),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            lifespan="off",
+        )
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, http.handle_exit, sig, None)
+    async with models_and_grpc(registry):
+        await http.serve()
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(serve(settings))
