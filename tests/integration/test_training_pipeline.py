@@ -6,7 +6,6 @@ Fast (seconds): hidden 32, 2 layers; the tokenizer files are the packaged MiniLM
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,39 +14,19 @@ import yaml
 
 from serving.config import DEFAULT_MODEL_NAME
 from serving.engine.postprocess import PostProcessor
-from serving.model.load import load_model, packaged_encoder_dir
+from serving.model.load import load_model
 from serving.model.repo_config import load_model_config
+from tests.helpers import copy_packaged_tokenizer, tiny_bert
 from training import data as D
 from training.defaults import DEFAULT_LABELS, default_model_config
 from training.evaluate import evaluate, score_served, served_scores
 
 pytestmark = pytest.mark.slow
 
-TOKENIZER_FILES = (
-    "vocab.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
-
 
 def _tiny_encoder(path: Path) -> Path:
-    from transformers import BertConfig, BertModel
-
-    src = packaged_encoder_dir()
-    path.mkdir()
-    for f in TOKENIZER_FILES:
-        if (src / f).is_file():
-            shutil.copy(src / f, path / f)
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(str(path))
+    copy_packaged_tokenizer(path)
+    tiny_bert().save_pretrained(str(path))
     return path
 
 

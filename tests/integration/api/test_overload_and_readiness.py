@@ -119,3 +119,32 @@ def test_client_that_hangs_up_is_dropped_before_the_model(tiny_repo: Path):
         assert "Traceback" not in log and "ERROR" not in log, log[-2000:]  # a hang-up is no error
     finally:
         s.stop()
+
+
+def test_sigterm_finishes_in_flight_work_then_stops_both_transports(tiny_repo: Path):
+    """The composition root owns the signals: HTTP drains, then gRPC and the engines stop,
+    and the process exits 0 (no re-raised SIGTERM, no traceback)."""
+    import signal
+    import socket
+
+    s = ServerProcess(tiny_repo, MODSERVE_MAX_BATCH_WAIT_MS="1500")
+    s.wait_ready()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(
+                httpx.post, s.base + "/v1/moderations", json={"input": "hi"}, timeout=30
+            )
+            while (
+                'modserve_queue_sequences{model="tiny"} 1.0'
+                not in httpx.get(s.base + "/metrics").text
+            ):
+                pass
+            s.proc.send_signal(signal.SIGTERM)
+            assert waiting.result().status_code == 200  # admitted before the signal: answered
+        assert s.proc.wait(timeout=30) == 0, s.output()
+        assert "Traceback" not in s.output()
+        for port in (s.port, s.grpc_port):  # nothing listens any more
+            with socket.socket() as sock:
+                assert sock.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        s.stop()
