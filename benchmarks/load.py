@@ -29,8 +29,9 @@ from benchmarks.probes import batch_stats_delta, machine_info, scrape_batch_stat
 from benchmarks.servers import KINDS, MODSERVE_DTYPE_BY_KIND, start_server
 from benchmarks.sweep import SweepConfig, run_sweep
 from benchmarks.workload import describe, make_requests, token_counts
+from serving.config import DEFAULT_MODEL_NAME
 
-DEFAULT_MODEL_DIR = Path("model_repo/modserve-moderation-minilm")
+DEFAULT_MODEL_DIR = Path("model_repo") / DEFAULT_MODEL_NAME
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ALL_KINDS = (
     "modserve",

@@ -42,9 +42,10 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
-from benchmarks._models import load_for_bench, packaged_encoder_dir, version_dir
+from benchmarks._models import load_for_bench, version_dir
 from benchmarks.probes import cpu_model
 from benchmarks.report import save_json_and_plot
+from serving.model.load import packaged_encoder_dir
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_PRECISIONS = {"cpu": "float32,int8", "cuda": "float16,bfloat16"}

@@ -34,8 +34,8 @@ class RayBatchPeer:
         batch_wait_timeout_s: float = BATCH_WAIT_TIMEOUT_S,
     ) -> None:
         self.model = PeerModel(Path(model_dir))
-        self.classify_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
-        self.classify_batch.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
+        self.classify_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]  # not in Ray Serve's type hints
+        self.classify_batch.set_batch_wait_timeout_s(  # type: ignore[attr-defined]  # not in Ray Serve's type hints
             batch_wait_timeout_s
         )
 
@@ -60,4 +60,4 @@ class RayBatchPeer:
 
 
 def build(model_dir: Path) -> Any:
-    return RayBatchPeer.bind(str(model_dir))  # type: ignore[attr-defined]
+    return RayBatchPeer.bind(str(model_dir))  # type: ignore[attr-defined]  # not in Ray Serve's type hints
