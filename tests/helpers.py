@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import httpx
@@ -37,17 +38,19 @@ def copy_packaged_tokenizer(dst: Path) -> None:
             shutil.copy(src, dst / f)
 
 
-def tiny_bert() -> BertModel:
-    """A random-weight BERT (hidden 32, 2 layers) over the MiniLM vocabulary."""
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    return BertModel(cfg, add_pooling_layer=False)
+TINY_BERT = dict(
+    vocab_size=30522,  # the MiniLM vocabulary, so the real tokenizer fits
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=512,
+)
+
+
+def tiny_bert(**overrides: int) -> BertModel:
+    """A random-weight BERT (hidden 32, 2 layers; ``overrides`` change any size)."""
+    return BertModel(BertConfig(**{**TINY_BERT, **overrides}), add_pooling_layer=False)
 
 
 def make_tiny_model_repo(
@@ -134,6 +137,23 @@ class ServerProcess:
             time.sleep(0.2)
         self.stop()
         raise TimeoutError("server did not become ready")
+
+    def wait_for_metric(self, line: str, timeout_s: float = 30.0) -> None:
+        """Poll /metrics until it shows ``line`` (e.g. a queue gauge's value)."""
+        t_end = time.monotonic() + timeout_s
+        while line not in httpx.get(self.base + "/metrics").text:
+            if time.monotonic() > t_end:
+                raise TimeoutError(f"/metrics never showed {line!r}")
+            time.sleep(0.005)
+
+    def post_queued(self, pool: Executor, text: str, queued: str) -> Future[httpx.Response]:
+        """POST ``text`` to /v1/moderations from ``pool``; return once /metrics shows the
+        ``queued`` line (the request waits in the batcher)."""
+        answer = pool.submit(
+            httpx.post, self.base + "/v1/moderations", json={"input": text}, timeout=30
+        )
+        self.wait_for_metric(queued)
+        return answer
 
     def stop(self) -> None:
         self.proc.terminate()

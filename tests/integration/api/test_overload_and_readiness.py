@@ -29,13 +29,8 @@ def test_full_queue_answers_429_with_retry_after(tiny_repo: Path):
     s.wait_ready()
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            first = pool.submit(
-                httpx.post, s.base + "/v1/moderations", json={"input": "short"}, timeout=30
-            )
-            while True:  # wait until the first request is queued
-                m = httpx.get(s.base + "/metrics").text
-                if 'modserve_queue_tokens{model="tiny"} 16.0' in m:
-                    break
+            # wait until the first request is queued
+            first = s.post_queued(pool, "short", 'modserve_queue_tokens{model="tiny"} 16.0')
             r = httpx.post(s.base + "/v1/moderations", json={"input": "long " * 50})
             assert r.status_code == 429
             assert r.headers["Retry-After"] == "2"
@@ -80,7 +75,6 @@ def test_missing_model_dir_keeps_503_with_reason(tmp_path: Path):
 def test_client_that_hangs_up_is_dropped_before_the_model(tiny_repo: Path):
     import json
     import socket
-    import time
 
     s = ServerProcess(tiny_repo, MODSERVE_MAX_BATCH_WAIT_MS="3000")
     s.wait_ready()
@@ -93,20 +87,10 @@ def test_client_that_hangs_up_is_dropped_before_the_model(tiny_repo: Path):
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            while (
-                'modserve_queue_sequences{model="tiny"} 1.0'
-                not in httpx.get(s.base + "/metrics").text
-            ):
-                time.sleep(0.05)
+            s.wait_for_metric('modserve_queue_sequences{model="tiny"} 1.0')
         # the client is gone; its sequence must be dropped, never run
-        t_end = time.monotonic() + 20
-        metrics = ""
-        while time.monotonic() < t_end:
-            metrics = httpx.get(s.base + "/metrics").text
-            if 'modserve_dropped_sequences_total{model="tiny",reason="cancelled"} 1.0' in metrics:
-                break
-            time.sleep(0.1)
-        assert 'reason="cancelled"} 1.0' in metrics
+        s.wait_for_metric('modserve_dropped_sequences_total{model="tiny",reason="cancelled"} 1.0')
+        metrics = httpx.get(s.base + "/metrics").text
         assert "modserve_batch_size_count{" not in metrics  # no batch ever ran
         assert (
             httpx.post(
@@ -131,14 +115,7 @@ def test_sigterm_finishes_in_flight_work_then_stops_both_transports(tiny_repo: P
     s.wait_ready()
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            waiting = pool.submit(
-                httpx.post, s.base + "/v1/moderations", json={"input": "hi"}, timeout=30
-            )
-            while (
-                'modserve_queue_sequences{model="tiny"} 1.0'
-                not in httpx.get(s.base + "/metrics").text
-            ):
-                pass
+            waiting = s.post_queued(pool, "hi", 'modserve_queue_sequences{model="tiny"} 1.0')
             s.proc.send_signal(signal.SIGTERM)
             assert waiting.result().status_code == 200  # admitted before the signal: answered
         assert s.proc.wait(timeout=30) == 0, s.output()

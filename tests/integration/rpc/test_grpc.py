@@ -214,14 +214,7 @@ def test_full_queue_is_resource_exhausted(tiny_repo: Path):
             concurrent.futures.ThreadPoolExecutor(1) as pool,
             grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as ch,
         ):
-            first = pool.submit(
-                httpx.post, s.base + "/v1/moderations", json={"input": "short"}, timeout=30
-            )
-            while (
-                'modserve_queue_tokens{model="tiny"} 16.0'
-                not in httpx.get(s.base + "/metrics").text
-            ):
-                pass
+            first = s.post_queued(pool, "short", 'modserve_queue_tokens{model="tiny"} 16.0')
             with pytest.raises(grpc.RpcError) as e:
                 kpb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
                     _req(raw=(_raw(long_text.encode()),))

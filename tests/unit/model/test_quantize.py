@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 from serving.config import Settings
 from serving.model import quantize
@@ -23,19 +23,13 @@ from serving.model.quantize import (
     save_smoothing,
     smoothing_factors,
 )
+from tests.helpers import tiny_bert
 
 
 def _encoder(seed: int = 0) -> BertModel:
     torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=500,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-    )
-    return BertModel(cfg, add_pooling_layer=False).eval()
+    sizes = dict(vocab_size=500, hidden_size=64, intermediate_size=128, max_position_embeddings=64)
+    return tiny_bert(**sizes).eval()
 
 
 def _inputs(batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
