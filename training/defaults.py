@@ -21,6 +21,8 @@ DEFAULT_LABELS: list[str] = [
     "self-harm/intent",
     "sexual",
     "violence",
+    "illicit",
+    "illicit/violent",
 ]
 
 MINOR_GATE = (

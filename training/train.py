@@ -55,6 +55,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from serving.config import DEFAULT_MODEL_NAME
 from serving.model.load import ModerationModel, build_model, packaged_encoder_dir
 from serving.model.repo_config import ModelConfig
+from training import composite as C
 from training import data as D
 from training import metrics as M
 from training.defaults import (
@@ -101,6 +102,8 @@ class TrainArgs:
     source_size_power: float = 0.5
     init_from: str = ""
     bf16: bool = False
+    composite_share: float = 0.0
+    composite_max_context: int = C.MAX_CONTEXT_PARTS
     patience: int = 3
     seed: int = 13
     threads: int = 2
@@ -177,29 +180,81 @@ def batches(
     args: TrainArgs,
     start_pool: int,
 ) -> Iterator[Batch]:
-    """Endless length-bucketed batches sampled with ``probs`` (deterministic per pool)."""
+    """Endless length-bucketed batches sampled with ``probs`` (deterministic per pool).
+
+    With ``--composite-share`` a share of the sampled rows is placed among 1 to
+    ``--composite-max-context`` benign context rows (``training.composite``), within
+    ``--max-length`` tokens: dilution is learned, not averaged away.
+    """
     pool_no = start_pool
     weak = {e.source for e in examples}
     weak_vecs = {
         s: args.weak_negative_weight * D.assumed_negative_vector(s, args.labels) for s in weak
     }
+    empty = np.zeros(0, dtype=np.int64)
+    ctx, ctx_tokens = context_pool(examples, tok) if args.composite_share > 0 else (empty, empty)
     while True:
         rng = np.random.default_rng(args.seed * 1_000_003 + pool_no)
         idx = rng.choice(len(examples), size=args.batch_size * args.pool_batches, p=probs)
-        ids = encode(tok, [examples[i].text for i in idx], args.max_length)
+        rows = [row_target(examples[i], weak_vecs, args.weak_negative_weight) for i in idx]
+        texts = [examples[i].text for i in idx]
+        ids = encode(tok, texts, args.max_length)
+        if len(ctx):
+            redo = []
+            for j in np.flatnonzero(rng.random(len(idx)) < args.composite_share):
+                room = args.max_length - len(ids[j]) - COMPOSITE_SLACK_TOKENS
+                n = int(rng.integers(1, args.composite_max_context + 1))
+                parts = C.pick_context(ctx, ctx_tokens, n, room, rng)
+                if not parts:
+                    continue
+                at = int(rng.integers(0, len(parts) + 1))
+                sep = C.SEPARATORS[int(rng.integers(0, len(C.SEPARATORS)))]
+                texts[j] = C.join(texts[j], [examples[p].text for p in parts], at, sep)
+                w = args.weak_negative_weight
+                targets = [rows[j], *(row_target(examples[p], weak_vecs, w) for p in parts)]
+                rows[j] = C.combine([t[0] for t in targets], [t[1] for t in targets])
+                redo.append(j)
+            if redo:
+                redone = encode(tok, [texts[j] for j in redo], args.max_length)
+                for j, seq in zip(redo, redone, strict=True):
+                    ids[j] = seq
         order = np.argsort([len(s) for s in ids], kind="stable")
         chunks = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
         rng.shuffle(chunks)
         for ch in chunks:
             x, am = pad([ids[k] for k in ch], int(tok.pad_token_id or 0))
-            y = torch.from_numpy(np.stack([examples[idx[k]].labels for k in ch]))
-            mk = np.stack([examples[idx[k]].mask for k in ch])
-            if args.weak_negative_weight > 0:
-                wv = np.stack([weak_vecs[examples[idx[k]].source] for k in ch])
-                mk = mk + wv * (1.0 - mk)
-            m = torch.from_numpy(mk)
+            y = torch.from_numpy(np.stack([rows[k][0] for k in ch]))
+            m = torch.from_numpy(np.stack([rows[k][1] for k in ch]))
             yield x, am, y, m
         pool_no += 1
+
+
+COMPOSITE_SLACK_TOKENS = 4  # joins may tokenize a little differently from the parts alone
+CONTEXT_MAX_TOKENS = 64  # context rows are sentences or short paragraphs
+
+
+def row_target(
+    ex: D.Example, weak_vecs: dict[str, np.ndarray], weak_weight: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, loss mask) of one row: known labels, plus assumed negatives at their weight."""
+    if weak_weight <= 0:
+        return ex.labels, ex.mask
+    return ex.labels, ex.mask + weak_vecs[ex.source] * (1.0 - ex.mask)
+
+
+def context_pool(
+    examples: Sequence[D.Example], tok: PreTrainedTokenizerBase
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the benign context rows of ``examples`` and their token counts."""
+    cand = [i for i, e in enumerate(examples) if C.is_context(e)]
+    lengths = [
+        len(x) for x in tok([examples[i].text for i in cand], add_special_tokens=False)["input_ids"]
+    ]
+    keep = [k for k, n in enumerate(lengths) if n <= CONTEXT_MAX_TOKENS]
+    log.info("composites: %d context rows of <= %d tokens", len(keep), CONTEXT_MAX_TOKENS)
+    return np.array([cand[k] for k in keep], dtype=np.int64), np.array(
+        [lengths[k] for k in keep], dtype=np.int64
+    )
 
 
 @torch.no_grad()
@@ -253,10 +308,76 @@ def prepare_data(args: TrainArgs) -> tuple[list[D.Example], list[D.Example], dic
         args.include_sources or None,
         args.exclude_sources or None,
     )
-    train, val = D.stratified_split(ex, args.val_fraction, args.seed, args.max_val)
+    train, val = split_examples(ex, args)
     sw = D.default_source_weights(D.load_sources_meta(args.sources_json))
     sw.update(D.parse_source_weights(args.source_weight))
     return train, val, sw
+
+
+VALIDATION_SPLIT_FILE = "validation_split.json"  # in the run dir: the held-out rows' keys
+
+
+def split_examples(ex: list[D.Example], args: TrainArgs) -> tuple[list[D.Example], list[D.Example]]:
+    """The run's (train, validation) split, the same every time the run dir is read.
+
+    A new run splits by source (``stratified_split``). With ``--init-from`` the starting
+    model's validation rows stay held out: its split is rebuilt from its recorded training
+    arguments (a ``stratified_split`` over its own sources and labels, checked against its
+    per-source counts) and only sources it never saw are split anew; otherwise rows it was
+    trained on would be scored as unseen. The split's keys are written to the run dir.
+    """
+    path = Path(args.run_dir) / VALIDATION_SPLIT_FILE
+    if path.is_file():
+        keys = set(json.loads(path.read_text())["keys"])
+    elif args.init_from and (Path(args.init_from) / "eval_validation.json").is_file():
+        keys = split_keeping_reference(ex, Path(args.init_from), args)
+    else:
+        if args.init_from:
+            log.warning(
+                "%s has no eval_validation.json: split as a new run (it is the same split "
+                "only if the data and split arguments are unchanged)",
+                args.init_from,
+            )
+        keys = {
+            D.normalize_text(e.text)
+            for e in D.stratified_split(ex, args.val_fraction, args.seed, args.max_val)[1]
+        }
+    if args.run_dir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"keys": sorted(keys)}))
+    train = [e for e in ex if D.normalize_text(e.text) not in keys]
+    val = [e for e in ex if D.normalize_text(e.text) in keys]
+    return train, val
+
+
+def split_keeping_reference(ex: list[D.Example], model_dir: Path, args: TrainArgs) -> set[str]:
+    """Validation keys: ``model_dir``'s own held-out rows, plus a split of newer sources."""
+    record = json.loads((model_dir / "eval_validation.json").read_text())
+    ref = TrainArgs(**record["run"]["train_args"])
+    ref_sources = sorted(record["run"]["source_weights"])
+    ref_ex = D.load_examples(
+        args.data, ref.labels, args.sources_json, ref.exclude_license, ref_sources, None
+    )
+    _, ref_val = D.stratified_split(ref_ex, ref.val_fraction, ref.seed, ref.max_val)
+    counts: dict[str, int] = {}
+    for e in ref_val:
+        counts[e.source] = counts.get(e.source, 0) + 1
+    if counts != record["validation_rows_per_source"]:
+        raise ValueError(
+            f"--init-from {model_dir}: its validation split cannot be rebuilt from the data "
+            "(per-source counts differ); the data changed since it was trained"
+        )
+    keys = {D.normalize_text(e.text) for e in ref_val}
+    new = [e for e in ex if e.source not in set(ref_sources)]
+    share = len(ref_val) / max(1, len(ref_ex))
+    keys |= {D.normalize_text(e.text) for e in D.stratified_split(new, share, args.seed)[1]}
+    log.info(
+        "validation: %d rows of %s kept, %d sources split anew",
+        len(ref_val),
+        model_dir,
+        len({e.source for e in new}),
+    )
+    return keys
 
 
 @dataclass
@@ -606,15 +727,30 @@ def next_version(model_dir: Path) -> str:
     return str(int(load_model_config(model_dir).version) + 1)
 
 
+NEW_HEAD_BIAS = -4.0  # a head the starting model lacks begins near sigmoid(-4) = 0.02
+
+
 def init_from_model_dir(model: ModerationModel, model_dir: Path) -> None:
-    """Copy an exported model's weights (fp16 on disk) into ``model`` (fp32)."""
+    """Copy an exported model's weights (fp16 on disk) into ``model`` (fp32).
+
+    Heads are matched by category: a category the exported model has no head for (e.g.
+    ``illicit``, added later) starts with zero weights and a low bias; heads ``model`` does
+    not have are dropped."""
     from serving.model.load import load_model
 
     src = load_model(model_dir, "cpu", "float32")
-    if list(src.cfg.labels) != list(model.cfg.labels):
-        raise ValueError(f"--init-from {model_dir}: labels {src.cfg.labels} != {model.cfg.labels}")
-    model.load_state_dict(src.model.state_dict())
-    log.info("initialised from %s (version %s)", model_dir, src.cfg.version)
+    model.encoder.load_state_dict(src.model.encoder.state_dict())
+    old = {w: i for i, w in enumerate(src.cfg.labels)}
+    new = [w for w in model.cfg.labels if w not in old]
+    with torch.no_grad():
+        for j, w in enumerate(model.cfg.labels):
+            if w in old:
+                model.classifier.weight[j] = src.model.classifier.weight[old[w]]
+                model.classifier.bias[j] = src.model.classifier.bias[old[w]]
+            else:
+                model.classifier.weight[j].zero_()
+                model.classifier.bias[j] = NEW_HEAD_BIAS
+    log.info("initialised from %s (version %s); new heads: %s", model_dir, src.cfg.version, new)
 
 
 def load_trained(run_dir: Path, which: str = "best") -> ModerationModel:
@@ -663,6 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
         "seed",
         "threads",
         "log_every",
+        "composite_max_context",
     ):
         p.add_argument("--" + k.replace("_", "-"), type=int, default=getattr(d, k))
     for k in (
@@ -677,6 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval_every_minutes",
         "weak_negative_weight",
         "source_size_power",
+        "composite_share",
     ):
         p.add_argument("--" + k.replace("_", "-"), type=float, default=getattr(d, k))
     p.add_argument(
