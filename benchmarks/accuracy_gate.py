@@ -4,13 +4,14 @@
         [--precisions float32,int8] [--device cpu] [--max-rows 3000] [--out results.json]
 
 Every precision scores the same rows with the model's trained heads (chunked, max over
-chunks: ``training.evaluate.score_heads``); float32 is the reference. A precision FAILS if
+chunks: ``training.evaluate.score_heads``); float32 is the reference. The rule is
+``training.gate`` (the export's int8 gate is the same): a precision FAILS if
 
-* any category's masked AUPRC (``training.metrics.average_precision`` on rows where that
-  label is known) drops by more than ``--max-auprc-drop`` (default 0.01, absolute), or
-* any single score (any row, any head) moves by more than its score tolerance
-  (``--score-tol``; defaults in ``training.gate``: int8 0.10, float16 0.01, bfloat16 0.03 —
-  absolute, on probabilities in [0, 1]).
+* any category's masked AUPRC drops by more than ``--max-auprc-drop`` (0.005, absolute),
+* the flags (score >= the model's thresholds) differ from float32's on more than 0.5 % of
+  rows or 0.2 % of (row, head) pairs, or
+* the 99.9th percentile score move exceeds its limit (``--score-tol``; defaults int8 0.05,
+  float16 0.01, bfloat16 0.03). The largest single move is reported, not gated.
 
 Rows are ``{"text", "labels": {category: 0|1}}`` (or the prompt + S/H/V code layout);
 an absent category is unknown and masked. Exit code 0 = every precision passed, 1 = a
@@ -31,13 +32,15 @@ from pathlib import Path
 from benchmarks._models import load_for_bench
 from training import data as D
 from training.evaluate import score_heads
-from training.gate import DEFAULT_MAX_AUPRC_DROP, DEFAULT_SCORE_TOL, compare
+from training.gate import LIMITS, compare, limits_for
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
 def parse_tols(items: list[str]) -> dict[str, float]:
-    return {**DEFAULT_SCORE_TOL, **D.parse_assignments(items, "--score-tol", "precision=value")}
+    """``--score-tol`` values over the default 99.9th-percentile limits per precision."""
+    defaults = {p: lim.max_p999_score_move for p, lim in LIMITS.items()}
+    return {**defaults, **D.parse_assignments(items, "--score-tol", "precision=value")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", nargs="+", required=True, help="JSONL(.gz) files or folders")
     ap.add_argument("--precisions", default="float32,int8")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--max-auprc-drop", type=float, default=DEFAULT_MAX_AUPRC_DROP)
+    ap.add_argument("--max-auprc-drop", type=float, default=LIMITS["int8"].max_auprc_drop)
     ap.add_argument("--score-tol", action="append", default=[], metavar="PRECISION=TOL")
     ap.add_argument("--max-rows", type=int, default=None, help="stratified subsample (seed 0)")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -85,13 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     for p in args.precisions.split(","):
         loaded = ref_model if p == "float32" else load_for_bench(args.model_dir, args.device, p)
         scores = score_heads(loaded.model, loaded.tokenizer, cfg, texts, bs)
-        res = compare(y, m, ref, scores, names, args.max_auprc_drop, tols.get(p, 0.05))
+        limits = limits_for(
+            p, max_auprc_drop=args.max_auprc_drop, max_p999_score_move=tols.get(p, 0.05)
+        )
+        res = compare(y, m, ref, scores, names, [cfg.threshold(w) for w in names], limits)
         report["precisions"][p] = res
         ok &= res["passed"]
         worst = max((c["auprc_drop"] for c in res["categories"].values()
                      if not math.isnan(c["auprc_drop"])), default=0.0)  # fmt: skip
-        print(f"{p:>9}: {'PASS' if res['passed'] else 'FAIL'}  max|Δscore| "
-              f"{res['max_abs_score_diff']:.4f} (tol {res['score_tol']})  worst AUPRC drop "
+        print(f"{p:>9}: {'PASS' if res['passed'] else 'FAIL'}  flags agree "
+              f"{res['row_flag_agreement']:.2%} of rows  p99.9|Δscore| "
+              f"{res['p999_abs_score_diff']:.4f} (max {limits.max_p999_score_move})  "
+              f"max|Δscore| {res['max_abs_score_diff']:.4f}  worst AUPRC drop "
               f"{worst:+.4f} (max {args.max_auprc_drop})")  # fmt: skip
         for f in res["failures"]:
             print(f"           {f}")
