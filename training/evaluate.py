@@ -1,11 +1,14 @@
 """Evaluate a model directory exactly as the server scores: chunk, max over chunks, post-process.
 
-``python -m training.evaluate --model-dir model_repo/NAME --data FILES... [--out x.json]``
+``modserve eval --model-dir model_repo/NAME --data FILES... [--out x.json]``, or
+``--run-dir runs/X`` for a training run's validation split; ``--dilution`` adds the dilution
+evaluation (``training.dilution``: harm placed among benign rows).
 
 Texts longer than the model window are split with ``ChunkingTokenizer`` (window
-``max_length_tokens``, overlap ``chunk_stride_tokens``); a text's head score is the max
-over its chunks; then ``served_scores`` (the server's ``serving.engine.postprocess.PostProcessor``)
-adds derived categories and caps children at parents. Metrics are masked (unknown labels
+``max_length_tokens``, overlap ``chunk_stride_tokens``, plus spans if the model config sets
+``span_tokens``); a text's head score is the max over its chunks; then ``served_scores``
+(the server's ``serving.engine.postprocess.PostProcessor``) adds derived categories and
+caps children at parents. Metrics are masked (unknown labels
 are ignored); see ``training.metrics``. ``--batch-size`` only trades memory for speed.
 """
 
@@ -41,7 +44,7 @@ def score_heads(
 ) -> np.ndarray:
     """(N, len(cfg.labels)) head scores; long texts chunked, max over chunks."""
     model.eval()
-    ct = ChunkingTokenizer(tokenizer, cfg.max_length_tokens, cfg.chunk_stride_tokens)
+    ct = ChunkingTokenizer.for_model(tokenizer, cfg)
     chunks = ct.chunk_texts(list(texts))
     out = np.zeros((len(texts), len(cfg.labels)), dtype=np.float32)
     order = sorted(range(len(chunks)), key=lambda i: len(chunks[i].ids))
@@ -65,6 +68,14 @@ def score_served(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 64
     """Final served scores (N, len(cfg.served_categories)) as the server computes them."""
     heads = score_heads(loaded.model, loaded.tokenizer, loaded.cfg, texts, batch_size)
     return served_scores(heads, texts, loaded.cfg)
+
+
+def served_flags(
+    loaded: LoadedModel, texts: Sequence[str], batch_size: int = 64
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(served categories, scores, flags) for ``texts``, as the server answers them."""
+    scores = score_served(loaded, texts, batch_size)
+    return loaded.cfg.served_categories, scores, PostProcessor(loaded.cfg).flags(scores)
 
 
 def report(cfg: ModelConfig, labels: np.ndarray, mask: np.ndarray, scores: np.ndarray) -> dict:
@@ -136,22 +147,37 @@ def evaluate(
     dtype: str = "float32",
     batch_size: int = 64,
     max_rows: int | None = None,
+    run_dir: str | Path | None = None,
+    dilution: bool = False,
 ) -> dict:
-    """Evaluate ``model_dir`` on JSONL files (either layout); prints a table, writes JSON."""
+    """Evaluate ``model_dir`` on JSONL files (either layout) or on a training run's
+    validation split (``run_dir``); with ``dilution`` also ``training.dilution`` on those
+    rows. Prints tables, writes JSON."""
     loaded = load_model(Path(model_dir), "cpu", dtype)
-    ex = D.load_examples(
-        data_paths,
-        loaded.cfg.served_categories,
-        exclude_license=(),
-        dedup=False,
-        fill_hierarchy=False,
-    )
+    if run_dir is not None:
+        from training.train import split_from_run
+
+        ex = split_from_run(Path(run_dir), loaded.cfg.served_categories)[1]
+    else:
+        ex = D.load_examples(
+            data_paths,
+            loaded.cfg.served_categories,
+            exclude_license=(),
+            dedup=False,
+            fill_hierarchy=False,
+        )
     if max_rows is not None and len(ex) > max_rows:
         ex = D.subsample_stratified(ex, max_rows)
     rep, _ = evaluate_examples(loaded, ex, batch_size)
     rep["dtype"] = dtype
-    rep["data"] = [str(p) for p in data_paths]
+    rep["data"] = [str(p) for p in data_paths] if run_dir is None else f"{run_dir} (validation)"
     print(format_table(rep))
+    if dilution:
+        from training import dilution as DL
+
+        dset = DL.build_set(ex, loaded.cfg.served_categories, loaded.tokenizer)
+        rep["dilution"] = DL.run(dset, lambda t: served_flags(loaded, t, batch_size))
+        print(DL.format_table(rep["dilution"]))
     if out_json is not None:
         Path(out_json).write_text(json.dumps(M.json_safe(rep), indent=1))
     return rep
@@ -164,7 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model-dir", required=True, help="model_repo/<name>")
-    p.add_argument("--data", nargs="+", required=True, help="JSONL(.gz) files or dirs")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", nargs="+", default=[], help="JSONL(.gz) files or dirs")
+    src.add_argument("--run-dir", default=None, help="a training run: its validation split")
+    p.add_argument(
+        "--dilution",
+        action="store_true",
+        help="also place the positives among benign rows (training.dilution) and report recall "
+        "and false flags by context length and position",
+    )
     p.add_argument("--out", default=None, help="write the metrics JSON here")
     p.add_argument("--dtype", default="float32", choices=["float32", "int8"])
     p.add_argument("--batch-size", type=int, default=64)
@@ -176,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(2)
     a = build_parser().parse_args(argv)
-    evaluate(a.model_dir, a.data, a.out, a.dtype, a.batch_size, a.max_rows)
+    evaluate(a.model_dir, a.data, a.out, a.dtype, a.batch_size, a.max_rows, a.run_dir, a.dilution)
     return 0
 
 

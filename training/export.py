@@ -16,7 +16,14 @@ shipping pipeline:
    the flagged AUPRC loses more than ``--int8-auprc-drop`` (0.005) against fp32, the flags
    agree on >= 99.5 % of rows and >= 99.8 % of (row, category) pairs, and the 99.9th
    percentile score move is <= 0.05;
-5. write ``eval_validation.json`` and the model card ``README.md``.
+5. dilution (``training.dilution``): the candidate and the model ``model_repo`` serves now,
+   on the same composites built from the validation split;
+6. write ``eval_validation.json`` and the model card ``README.md``.
+
+Everything is written to ``<run dir>/export/<name>`` first. It is promoted into
+``model_repo/<name>`` (the served default) only if its dilution recall is at least the
+shipped model's (``--allow-dilution-regression`` overrides); the newest two version folders
+are kept. Exit code 1 = measured but not promoted.
 """
 
 from __future__ import annotations
@@ -27,19 +34,22 @@ import json
 import logging
 import math
 import random
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from serving.model.load import ModerationModel, load_model, save_weights
+from serving.model.load import LoadedModel, ModerationModel, load_model, save_weights
 from serving.model.quantize import quantize_encoder_int8, save_smoothing, smoothing_factors
 from serving.model.repo_config import ModelConfig, save_model_config
 from training import data as D
+from training import dilution as DL
 from training import metrics as M
 from training.calibrate import calibrate_arrays
-from training.evaluate import format_table, report, score_heads, served_scores
+from training.evaluate import format_table, report, score_heads, served_flags, served_scores
 from training.gate import LIMITS, GateLimits, compare, limits_for
 
 log = logging.getLogger("training.export")
@@ -131,6 +141,7 @@ def ship(
     max_val_rows: int | None = None,
     write_card: bool = True,
     calib_kw: dict | None = None,
+    allow_dilution_regression: bool = False,
 ) -> dict:
     """The whole pipeline; returns ``{"fp32": report, "int8": report, "int8_gate": ...}``."""
     from training.train import load_trained, split_from_run
@@ -139,7 +150,7 @@ def ship(
     model = load_trained(run_dir, which)
     cfg = model.cfg
     enc_dir = Path((run_dir / "encoder_dir.txt").read_text().strip())
-    model_dir = Path(model_repo) / cfg.name
+    model_dir = run_dir / STAGING_DIR / cfg.name  # measured here; promoted if it passes
     write_model_dir(model, enc_dir, cfg, model_dir)
     del model
     log.info("exported %s to %s", which, model_dir)
@@ -197,7 +208,7 @@ def ship(
     for e in val:
         source_counts[e.source] = source_counts.get(e.source, 0) + 1
     by_source = M.flagged_by_source(y, s32, m, [e.source for e in val])
-    out = {
+    out: dict[str, Any] = {
         "fp32": rep32,
         "int8": rep8,
         "int8_gate": gate,
@@ -208,6 +219,9 @@ def ship(
         "assumed_negative_flag_rate": bleed,
         "score_max_abs_diff_int8": float(np.abs(s32 - s8).max()) if len(s8) else 0.0,
     }
+    shipped_dir = Path(model_repo) / cfg.name
+    out["dilution"] = dilution_against_shipped(loaded, val, shipped_dir)
+    out["promotion"] = promotion_decision(out["dilution"], allow_dilution_regression)
     (model_dir / "eval_validation.json").write_text(json.dumps(M.json_safe(out), indent=1))
     print(format_table(rep32))
     print("int8 gate:", gate)
@@ -215,7 +229,62 @@ def ship(
         from training.model_card import write_model_card
 
         write_model_card(model_dir, cfg, out)
+    if out["promotion"]["promoted"]:
+        promote(model_dir, shipped_dir, cfg.version)
+        log.info("promoted %s version %s to %s", cfg.name, cfg.version, shipped_dir)
+    else:
+        log.warning("NOT promoted (%s); the candidate stays in %s",
+                    out["promotion"]["reason"], model_dir)  # fmt: skip
     return out
+
+
+STAGING_DIR = "export"  # <run dir>/export/<name>: the candidate, before promotion
+KEEP_VERSIONS = 2  # version folders kept in model_repo/<name> (the served one + previous)
+
+
+def dilution_against_shipped(loaded: LoadedModel, val: list[D.Example], shipped_dir: Path) -> dict:
+    """``training.dilution`` for the candidate and, on the same composites, for the model
+    ``shipped_dir`` serves now (if any)."""
+    try:
+        dset = DL.build_set(val, loaded.cfg.served_categories, loaded.tokenizer)
+    except ValueError as e:
+        return {"skipped": str(e)}
+    log.info("dilution: scoring %d composites (candidate)", len(dset.texts))
+    out: dict = {"candidate": DL.run(dset, lambda t: served_flags(loaded, t))}
+    if (shipped_dir / "config.yaml").is_file():
+        shipped = load_model(shipped_dir, "cpu", "float32")
+        log.info("dilution: scoring the same composites with the shipped version %s",
+                 shipped.cfg.version)  # fmt: skip
+        out["shipped"] = DL.run(dset, lambda t: served_flags(shipped, t))
+        out["shipped_version"] = shipped.cfg.version
+    print(DL.format_table(out["candidate"]))
+    return out
+
+
+def promotion_decision(dilution: dict, allow_regression: bool) -> dict:
+    """Promote unless the candidate catches less diluted harm than the shipped model."""
+    cand, shipped = dilution.get("candidate"), dilution.get("shipped")
+    if cand is None or shipped is None:
+        return {"promoted": True, "reason": "no shipped model to compare dilution with"}
+    ours, theirs = cand["headline_recall"], shipped["headline_recall"]
+    if ours >= theirs:
+        return {"promoted": True, "reason": f"dilution recall {ours:.3f} >= shipped {theirs:.3f}"}
+    reason = f"dilution recall {ours:.3f} < shipped {theirs:.3f}"
+    return {"promoted": allow_regression, "reason": reason + (" (allowed)" * allow_regression)}
+
+
+def promote(staged: Path, model_dir: Path, version: str) -> None:
+    """Copy the staged model into ``model_dir`` (its version folder and top-level files)
+    and keep the newest ``KEEP_VERSIONS`` version folders."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(staged / version, model_dir / version, dirs_exist_ok=True)
+    for f in staged.iterdir():
+        if f.is_file():
+            shutil.copy2(f, model_dir / f.name)
+    versions = sorted((d for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()),
+                      key=lambda d: int(d.name))  # fmt: skip
+    for old in versions[:-KEEP_VERSIONS]:
+        shutil.rmtree(old)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-val-rows", type=int, default=None)
     p.add_argument("--no-card", action="store_true", help="do not (re)write README.md")
+    p.add_argument(
+        "--allow-dilution-regression",
+        action="store_true",
+        help="promote even if the candidate catches less diluted harm than the shipped model",
+    )
     return p
 
 
@@ -242,8 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(2)
     a = build_parser().parse_args(argv)
-    ship(a.run_dir, a.model_repo, a.which, a.int8_auprc_drop, a.max_val_rows, not a.no_card)
-    return 0
+    out = ship(
+        a.run_dir,
+        a.model_repo,
+        a.which,
+        a.int8_auprc_drop,
+        a.max_val_rows,
+        not a.no_card,
+        allow_dilution_regression=a.allow_dilution_regression,
+    )
+    return 0 if out["promotion"]["promoted"] else 1
 
 
 if __name__ == "__main__":

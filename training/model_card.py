@@ -180,6 +180,52 @@ def _gate_summary(gate: dict) -> str:
     )
 
 
+def _dilution_section(dil: dict, cfg: ModelConfig) -> str:
+    """Recall / false flags by context length for this model (and the one it replaces)."""
+    head = "## Dilution (harm inside long, mixed text)\n\n"
+    if "candidate" not in dil:
+        return head + f"Not measured: {dil.get('skipped', 'no dilution result in this export')}."
+    cand, shipped = dil["candidate"], dil.get("shipped")
+    cols = " | this model: recall / in category / false flags / AUPRC |"
+    lines = [
+        "| context rows" + cols + (" shipped before: recall / false flags |" if shipped else "")
+    ]
+    lines.append("|---:|---|" + ("---|" if shipped else ""))
+    for k, r in cand["by_context_size"].items():
+        row = (f"| {k} | {_f(r.get('recall'))} / {_f(r.get('recall_in_category'))} / "
+               f"{_f(r.get('false_flag_rate'))} / {_f(r.get('auprc'))} |")  # fmt: skip
+        if shipped:
+            o = shipped["by_context_size"][k]
+            row += f" {_f(o.get('recall'))} / {_f(o.get('false_flag_rate'))} |"
+        lines.append(row)
+    pos = ", ".join(
+        f"{p} {_f(r.get('recall'))}" for p, r in cand["by_position"].items() if "recall" in r
+    )
+    spans = (
+        f"span scoring {cfg.span_tokens}/{cfg.span_stride_tokens} tokens"
+        if cfg.span_tokens
+        else "no span scoring"
+    )
+    before = (
+        f" The model served before (version {dil.get('shipped_version')}): "
+        f"{_f(shipped['headline_recall'])} / {_f(shipped['headline_false_flag_rate'])}."
+        if shipped
+        else ""
+    )
+    return head + (
+        "Built from the validation split only (`training.dilution`): each of up to 400 "
+        "validation positives placed at a random position among k benign validation rows "
+        "(encyclopedia, news statements, medical and therapy texts, chat prompts; up to "
+        "160 tokens each), for k = 0 (alone), 1, 2, 3, 5, 8; benign-only composites of k + 1 "
+        "rows measure false flags. Scored as the server answers (" + spans + "); "
+        "recall = flagged in any category, in category = flagged in one of the row's own "
+        "positive categories; AUPRC ranks the max score of targets against benign composites "
+        "of the same size.\n\n" + "\n".join(lines) + f"\n\nWith 1-8 context rows: recall "
+        f"{_f(cand['headline_recall'])}, false flags {_f(cand['headline_false_flag_rate'])}."
+        f"{before} Recall by the harmful row's position: {pos}."
+    )
+
+
 def _gate_failures(gate: dict) -> str:
     fails = gate.get("failures") or []
     return " (failed: " + "; ".join(fails) + ")" if fails else ""
@@ -315,6 +361,8 @@ encoder; what `MODSERVE_DTYPE=int8` serves) was evaluated against fp32 on the sa
 validation rows.
 AUPRC change (fp32 - int8): {drops}. {_gate_summary(gate)} ->
 **int8_ok: {str(gate["int8_ok"]).lower()}**{_gate_failures(gate)}.
+
+{_dilution_section(out.get("dilution", {}), cfg)}
 
 {GAPS}
 {run.get("known_issues", "")}

@@ -59,9 +59,7 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         cfg = loaded.cfg
-        self.tokenizer = ChunkingTokenizer(
-            loaded.tokenizer, cfg.max_length_tokens, cfg.chunk_stride_tokens
-        )
+        self.tokenizer = ChunkingTokenizer.for_model(loaded.tokenizer, cfg)
         self.buckets = cfg.buckets_tokens
         self.post = PostProcessor(cfg)
         self.categories = self.post.categories

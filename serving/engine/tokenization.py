@@ -4,6 +4,11 @@ Inputs longer than the model window are split into overlapping chunks
 (``stride`` tokens of overlap) and later scored as the max over chunks, so the
 user never has to pre-split text. Training and evaluation use the same
 ``chunk_texts`` so that offline metrics match what the server answers.
+
+Span scoring (``span_tokens`` > 0 in the model config): an input longer than one span is
+also cut into overlapping spans of ``span_tokens`` (``span_stride_tokens`` of overlap),
+scored beside its full windows; the max over all of them is the input's score, so a
+harmful sentence is never averaged with a page of benign text around it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
+
+from serving.model.repo_config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -31,8 +38,24 @@ class TextTooLongError(ValueError):
 class ChunkingTokenizer:
     """Turns texts into model-window chunks with the model's fast (Rust) tokenizer."""
 
+    @classmethod
+    def for_model(cls, tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig) -> ChunkingTokenizer:
+        """Windows and spans as ``cfg`` (the model's config.yaml) sets them."""
+        return cls(
+            tokenizer,
+            cfg.max_length_tokens,
+            cfg.chunk_stride_tokens,
+            cfg.span_tokens,
+            cfg.span_stride_tokens,
+        )
+
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, max_length_tokens: int, stride_tokens: int
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length_tokens: int,
+        stride_tokens: int,
+        span_tokens: int = 0,
+        span_stride_tokens: int = 0,
     ):
         self.tokenizer = tokenizer
         # Own copy of the Rust tokenizer with the file's truncation/padding switched off:
@@ -49,6 +72,11 @@ class ChunkingTokenizer:
         if self.window <= stride_tokens:
             raise ValueError("chunk stride must be smaller than the model window")
         self.step = self.window - stride_tokens
+        specials = len(self.prefix) + len(self.suffix)
+        self.span = max(0, span_tokens - specials) if span_tokens else 0  # content tokens
+        if self.span and self.span <= span_stride_tokens:
+            raise ValueError("span stride must be smaller than the span")
+        self.span_step = self.span - span_stride_tokens
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else 0)
 
@@ -60,14 +88,19 @@ class ChunkingTokenizer:
             ids = e.ids
             if max_input_tokens is not None and len(ids) > max_input_tokens:
                 raise TextTooLongError(i, len(ids), max_input_tokens)
-            start = 0
-            while True:
-                piece = ids[start : start + self.window]
-                chunks.append(Chunk(i, self.prefix + piece + self.suffix))
-                if start + self.window >= len(ids):
-                    break
-                start += self.step
+            self._windows(chunks, i, ids, self.window, self.step)
+            if self.span and len(ids) > self.span:
+                self._windows(chunks, i, ids, self.span, self.span_step)
         return chunks
+
+    def _windows(self, out: list[Chunk], i: int, ids: list[int], size: int, step: int) -> None:
+        """Overlapping ``size``-token windows of ``ids`` (at least one), as chunks of input i."""
+        start = 0
+        while True:
+            out.append(Chunk(i, self.prefix + ids[start : start + size] + self.suffix))
+            if start + size >= len(ids):
+                break
+            start += step
 
 
 def bucket_for(length: int, buckets: list[int]) -> int:

@@ -58,6 +58,14 @@ class ModelConfig(BaseModel):
     derived: dict[str, DerivedRule] = Field(default_factory=dict)
     max_length_tokens: int = Field(256, description="model window per chunk, incl. special tokens")
     chunk_stride_tokens: int = Field(32, description="overlap between consecutive chunks")
+    span_tokens: int = Field(
+        0,
+        ge=0,
+        description="span scoring: inputs longer than this (incl. special tokens) are also "
+        "scored as overlapping spans of it, max over spans and windows; 0 = off. Smaller "
+        "catches a short harmful span in long text (dilution) at more tokens per input.",
+    )
+    span_stride_tokens: int = Field(0, ge=0, description="overlap between consecutive spans")
     buckets_tokens: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
     pooling: Literal["mean", "cls"] = "mean"
     activation: Literal["sigmoid", "softmax"] = "sigmoid"
@@ -98,6 +106,12 @@ class ModelConfig(BaseModel):
         self.buckets_tokens = [x for x in b if x <= self.max_length_tokens]
         if self.chunk_stride_tokens >= self.max_length_tokens - 2:
             raise ValueError("chunk_stride_tokens must be smaller than max_length_tokens - 2")
+        if self.span_tokens and not (
+            self.span_stride_tokens < self.span_tokens - 2 <= self.max_length_tokens - 2
+        ):
+            raise ValueError(
+                "span_tokens must fit the model window and exceed span_stride_tokens + 2"
+            )
         return self
 
     @property

@@ -269,3 +269,45 @@ def test_flags_child_implies_parent() -> None:
     s[0, served.index("hate/threatening")] = 0.4
     f = PostProcessor(cfg).flags(s)
     assert f[0, served.index("hate/threatening")] and f[0, served.index("hate")]
+
+
+def test_eval_command_reports_dilution_on_a_runs_validation_split(tmp_path: Path) -> None:
+    """``modserve eval --run-dir R --dilution``: the run's held-out rows, composites of them."""
+    from training.evaluate import main as eval_main
+    from training.train import TrainArgs, run
+
+    benign = {"hate": 0, "violence": 0, "sexual": 0}
+    rows = [
+        {"text": f"Paris is the capital of country {i}.", "source": "wikipedia_npov_sentences",
+         "labels": benign} for i in range(60)
+    ]  # fmt: skip
+    rows += [{"text": f"I will hurt you badly, number {i}.", "source": "threats",
+              "labels": {"violence": 1, "hate": 0}} for i in range(40)]  # fmt: skip
+    data = tmp_path / "corpus.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    enc = _tiny_encoder(tmp_path / "enc")
+    args = TrainArgs(
+        data=[str(data)],
+        run_dir=str(tmp_path / "run"),
+        encoder_dir=str(enc),
+        batch_size=8,
+        pool_batches=2,
+        max_steps=2,
+        val_fraction=0.3,
+        max_length=32,
+    )
+    run(args)
+    from training.export import ship
+
+    ship(args.run_dir, tmp_path / "repo", which="last")
+    out = tmp_path / "eval.json"
+    model_dir = tmp_path / "repo" / DEFAULT_MODEL_NAME
+    assert eval_main(["--model-dir", str(model_dir), "--run-dir", args.run_dir, "--dilution",
+                      "--out", str(out)]) == 0  # fmt: skip
+    rep = json.loads(out.read_text())
+    by = rep["dilution"]["by_context_size"]
+    assert set(by) == {"0", "1", "2", "3", "5", "8"}
+    assert by["8"]["targets"] == by["0"]["targets"] > 0 and by["8"]["benign"] > 0
+    assert 0.0 <= rep["dilution"]["headline_recall"] <= 1.0
+    card = (model_dir / "README.md").read_text()
+    assert "Dilution" in card

@@ -129,3 +129,23 @@ async def test_cpu_batch_token_budget_defaults_to_the_threads_per_worker(tiny_re
         assert engine.batcher.max_batch_tokens == expect
     finally:
         await engine.stop()
+
+
+async def test_span_scoring_takes_the_max_over_spans_and_windows(tiny_repo: Path):
+    loaded = load_model(tiny_repo / "tiny")
+    loaded.cfg = loaded.cfg.model_copy(update={"span_tokens": 16, "span_stride_tokens": 8})
+    engine = Engine(loaded, Settings(model_repo=tiny_repo, model="tiny"), Metrics())
+    await engine.start()
+    try:
+        text = " ".join(f"w{i}" for i in range(100))
+        chunks = engine.tokenizer.chunk_texts([text])
+        windows = [c for c in chunks if len(c.ids) > 16]
+        assert len(chunks) > len(windows) + 5  # spans beside the windows
+        raw = np.concatenate([engine.forward([c.ids], len(c.ids)) for c in chunks])
+        result = await engine.classify([text])
+    finally:
+        await engine.stop()
+    h = engine.loaded.cfg.labels.index("hate")  # a parent: not capped by the hierarchy
+    assert result.scores[0, result.categories.index("hate")] == pytest.approx(
+        raw[:, h].max(), abs=1e-5
+    )

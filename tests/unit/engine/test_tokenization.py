@@ -52,3 +52,23 @@ def test_buckets_and_padding():
     ids, mask = pad_batch([[1, 2, 3], [4]], 4, 0)
     assert ids.tolist() == [[1, 2, 3, 0], [4, 0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+
+
+def test_spans_are_scored_beside_the_windows():
+    base = AutoTokenizer.from_pretrained(str(packaged_encoder_dir()))
+    spans = ChunkingTokenizer(base, 16, 4, span_tokens=8, span_stride_tokens=2)
+    words = " ".join(f"w{i}" for i in range(40))
+    ids = spans.backend.encode(words, add_special_tokens=False).ids
+    windows = [c for c in ChunkingTokenizer(base, 16, 4).chunk_texts([words])]
+    chunks = spans.chunk_texts(["short", words])
+    assert [c.ids for c in chunks if c.input_index == 0] == [[101, *ids_of(spans, "short"), 102]]
+    mine = [c.ids for c in chunks if c.input_index == 1]
+    assert mine[: len(windows)] == [c.ids for c in windows]  # the full windows first
+    span_bodies = [c[1:-1] for c in mine[len(windows) :]]
+    assert all(len(b) <= 6 for b in span_bodies) and span_bodies[0] == ids[:6]
+    assert span_bodies[1][:2] == span_bodies[0][-2:]  # 2 tokens of overlap
+    assert span_bodies[0] + [t for b in span_bodies[1:] for t in b[2:]] == ids
+
+
+def ids_of(tok: ChunkingTokenizer, text: str) -> list[int]:
+    return list(tok.backend.encode(text, add_special_tokens=False).ids)
