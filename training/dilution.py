@@ -15,6 +15,8 @@ Reported, per context size and in total:
 
 * ``recall``: share of composites with a target that are flagged (any category);
 * ``recall_in_category``: ... flagged in one of the target's own positive categories;
+* ``retained``: of the positives flagged on their own, the share still flagged among
+  benign rows (dilution apart from what the model misses anyway);
 * ``false_flag_rate``: share of benign composites flagged;
 * ``auprc``: targets vs benign composites of that size, ranked by the max served score;
 * recall by the target's position (start / middle / end of the text).
@@ -46,6 +48,7 @@ class DilutionSet:
     context_size: np.ndarray  # (N,) k
     position: list[str]  # "alone" | "start" | "middle" | "end" | "benign"
     target_categories: list[frozenset[str]]  # empty for benign composites
+    target_id: np.ndarray  # (N,) which sampled positive the composite holds; -1 = benign
 
 
 def build_set(
@@ -73,8 +76,9 @@ def build_set(
     sizes: list[int] = []
     where: list[str] = []
     cats: list[frozenset[str]] = []
+    ids: list[int] = []
     for k in CONTEXT_SIZES:
-        for ex in chosen:
+        for t, ex in enumerate(chosen):
             parts = [ctx[i].text for i in rng.choice(len(ctx), size=k, replace=False)]
             at = int(rng.integers(0, k + 1))
             sep = C.SEPARATORS[int(rng.integers(0, len(C.SEPARATORS)))]
@@ -82,6 +86,7 @@ def build_set(
             sizes.append(k)
             where.append(_position(at, k))
             cats.append(frozenset(w for w, y in zip(labels, ex.labels, strict=True) if y > 0))
+            ids.append(t)
         if k == 0:
             continue
         for _ in range(benign_per_size):
@@ -90,7 +95,8 @@ def build_set(
             sizes.append(k)
             where.append("benign")
             cats.append(frozenset())
-    return DilutionSet(texts, np.array(sizes), where, cats)
+            ids.append(-1)
+    return DilutionSet(texts, np.array(sizes), where, cats, np.array(ids))
 
 
 def _position(at: int, k: int) -> str:
@@ -110,6 +116,8 @@ def evaluate(
         [any(flags[i, col[w]] for w in c if w in col) for i, c in enumerate(dset.target_categories)]
     )
     target = np.array([bool(c) for c in dset.target_categories])
+    alone = dset.target_id[target & (dset.context_size == 0) & flagged]  # caught on their own
+    kept = np.isin(dset.target_id, alone)
 
     def rates(sel: np.ndarray) -> dict:
         t = np.logical_and(sel, target)
@@ -118,6 +126,8 @@ def evaluate(
         if t.any():
             out["recall"] = round(float(flagged[t].mean()), 4)
             out["recall_in_category"] = round(float(in_cat[t].mean()), 4)
+            if (t & kept).any():
+                out["retained"] = round(float(flagged[t & kept].mean()), 4)
         if b.any():
             out["false_flag_rate"] = round(float(flagged[b].mean()), 4)
             y = np.concatenate([np.ones(int(t.sum())), np.zeros(int(b.sum()))])
@@ -128,10 +138,12 @@ def evaluate(
     pos = np.array(dset.position)
     by_position = {p: rates(pos == p) for p in ("alone", "start", "middle", "end")}
     diluted = dset.context_size > 0
+    overall = rates(diluted)
     return {
-        "headline_recall": rates(diluted)["recall"],
-        "headline_false_flag_rate": rates(diluted)["false_flag_rate"],
-        "all_context": rates(diluted),
+        "headline_recall": overall["recall"],
+        "headline_retained": overall.get("retained", float("nan")),
+        "headline_false_flag_rate": overall["false_flag_rate"],
+        "all_context": overall,
         "by_context_size": by_size,
         "by_position": by_position,
     }
@@ -149,13 +161,14 @@ def run(
 def format_table(res: dict) -> str:
     """Recall / in-category recall / false flags / AUPRC per context size."""
     rows = [
-        "| context rows | recall | in category | false flags (benign) | AUPRC |",
-        "|---:|---:|---:|---:|---:|",
+        "| context rows | recall | in category | retained | false flags (benign) | AUPRC |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for k, r in res["by_context_size"].items():
         rows.append(
             f"| {k} | {r.get('recall', float('nan')):.3f} | "
             f"{r.get('recall_in_category', float('nan')):.3f} | "
+            f"{r.get('retained', float('nan')):.3f} | "
             f"{r.get('false_flag_rate', float('nan')):.3f} | {r.get('auprc', float('nan')):.3f} |"
         )
     return "\n".join(rows)

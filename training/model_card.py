@@ -186,14 +186,15 @@ def _dilution_section(dil: dict, cfg: ModelConfig) -> str:
     if "candidate" not in dil:
         return head + f"Not measured: {dil.get('skipped', 'no dilution result in this export')}."
     cand, shipped = dil["candidate"], dil.get("shipped")
-    cols = " | this model: recall / in category / false flags / AUPRC |"
+    cols = " | this model: recall / in category / retained / false flags / AUPRC |"
     lines = [
         "| context rows" + cols + (" shipped before: recall / false flags |" if shipped else "")
     ]
     lines.append("|---:|---|" + ("---|" if shipped else ""))
     for k, r in cand["by_context_size"].items():
         row = (f"| {k} | {_f(r.get('recall'))} / {_f(r.get('recall_in_category'))} / "
-               f"{_f(r.get('false_flag_rate'))} / {_f(r.get('auprc'))} |")  # fmt: skip
+               f"{_f(r.get('retained'))} / {_f(r.get('false_flag_rate'))} / "
+               f"{_f(r.get('auprc'))} |")  # fmt: skip
         if shipped:
             o = shipped["by_context_size"][k]
             row += f" {_f(o.get('recall'))} / {_f(o.get('false_flag_rate'))} |"
@@ -219,9 +220,11 @@ def _dilution_section(dil: dict, cfg: ModelConfig) -> str:
         "160 tokens each), for k = 0 (alone), 1, 2, 3, 5, 8; benign-only composites of k + 1 "
         "rows measure false flags. Scored as the server answers (" + spans + "); "
         "recall = flagged in any category, in category = flagged in one of the row's own "
-        "positive categories; AUPRC ranks the max score of targets against benign composites "
+        "positive categories, retained = of the rows flagged alone, the share still flagged; "
+        "AUPRC ranks the max score of targets against benign composites "
         "of the same size.\n\n" + "\n".join(lines) + f"\n\nWith 1-8 context rows: recall "
-        f"{_f(cand['headline_recall'])}, false flags {_f(cand['headline_false_flag_rate'])}."
+        f"{_f(cand['headline_recall'])}, retained {_f(cand.get('headline_retained'))}, "
+        f"false flags {_f(cand['headline_false_flag_rate'])}."
         f"{before} Recall by the harmful row's position: {pos}."
     )
 

@@ -115,3 +115,27 @@ def test_int8_flags_as_fp32_does() -> None:
     assert float(np.abs(fp32 - int8).max()) > 0.0
     post = PostProcessor(fp32_model.cfg)
     assert (post.flags(fp32) == post.flags(int8)).all()
+
+
+WEATHER = "The weather report said clouds and light rain over the weekend. "
+THREAT = "I am going to kill you and your whole family tonight."
+
+
+@pytest.mark.integration
+def test_server_flags_a_threat_after_benign_sentences() -> None:
+    """Dilution, as a user meets it: a threat after a few ordinary sentences is still a
+    threat; the same sentences alone are not flagged."""
+    import httpx
+
+    from tests.helpers import ServerProcess
+
+    server = ServerProcess(MODEL_DIR.parent, model=DEFAULT_MODEL_NAME, MODSERVE_CPU_THREADS="2")
+    server.wait_ready(timeout_s=180)
+    try:
+        texts = [WEATHER * n + THREAT for n in (1, 3, 5)] + [WEATHER * 5]
+        r = httpx.post(server.base + "/v1/moderations", json={"input": texts}, timeout=60)
+        assert r.status_code == 200, r.text
+        flagged = [res["flagged"] for res in r.json()["results"]]
+        assert flagged == [True, True, True, False], r.json()["results"]
+    finally:
+        server.stop()

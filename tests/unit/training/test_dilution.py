@@ -70,6 +70,8 @@ def test_metrics_count_flags_by_context_size():
     assert res["headline_recall"] == round(6 / 15, 4)  # sizes 1, 2 of 1, 2, 3, 5, 8
     assert res["by_position"]["alone"]["recall"] == 1.0
     assert by["1"]["recall_in_category"] == 1.0  # flagged as violence, its own category
+    assert by["2"]["retained"] == 1.0 and by["5"]["retained"] == 0.0
+    assert res["headline_retained"] == res["headline_recall"]  # every target caught alone
 
 
 def test_promotion_refuses_a_model_that_catches_less_diluted_harm(tmp_path: Path):
