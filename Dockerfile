@@ -14,9 +14,11 @@ WORKDIR /app
 # CUDA build of the pinned torch (the CPU wheel is what `make` installs on dev machines).
 RUN pip install --upgrade pip && pip install torch==2.13.0
 COPY pyproject.toml README.md Makefile ./
+COPY modserve ./modserve
 COPY serving ./serving
 COPY kernels ./kernels
 COPY training ./training
+COPY benchmarks ./benchmarks
 COPY proto ./proto
 RUN pip install -e '.[ray]' && python -m serving.rpc.protogen
 COPY model_repo ./model_repo
