@@ -22,7 +22,8 @@ shipping pipeline:
 
 Everything is written to ``<run dir>/export/<name>`` first. It is promoted into
 ``model_repo/<name>`` (the served default) only if its dilution recall is at least the
-shipped model's (``--allow-dilution-regression`` overrides); the newest two version folders
+shipped model's and its false flags on benign composites at most 0.01 above the shipped
+model's (``--allow-dilution-regression`` overrides); the newest two version folders
 are kept. Exit code 1 = measured but not promoted.
 """
 
@@ -261,15 +262,30 @@ def dilution_against_shipped(loaded: LoadedModel, val: list[D.Example], shipped_
     return out
 
 
+MAX_FALSE_FLAG_RISE = 0.01  # benign composites flagged: at most this much more than shipped
+
+
 def promotion_decision(dilution: dict, allow_regression: bool) -> dict:
-    """Promote unless the candidate catches less diluted harm than the shipped model."""
+    """Promote unless the candidate catches less diluted harm than the shipped model, or
+    buys its recall with false flags (benign composites flagged more than
+    ``MAX_FALSE_FLAG_RISE`` above the shipped model's rate)."""
     cand, shipped = dilution.get("candidate"), dilution.get("shipped")
     if cand is None or shipped is None:
         return {"promoted": True, "reason": "no shipped model to compare dilution with"}
     ours, theirs = cand["headline_recall"], shipped["headline_recall"]
-    if ours >= theirs:
-        return {"promoted": True, "reason": f"dilution recall {ours:.3f} >= shipped {theirs:.3f}"}
-    reason = f"dilution recall {ours:.3f} < shipped {theirs:.3f}"
+    ff, ff_shipped = cand["headline_false_flag_rate"], shipped["headline_false_flag_rate"]
+    problems = []
+    if ours < theirs:
+        problems.append(f"dilution recall {ours:.3f} < shipped {theirs:.3f}")
+    if ff > ff_shipped + MAX_FALSE_FLAG_RISE:
+        problems.append(f"false flags on benign composites {ff:.3f} > shipped {ff_shipped:.3f}")
+    if not problems:
+        return {
+            "promoted": True,
+            "reason": f"dilution recall {ours:.3f} >= shipped {theirs:.3f}, false flags "
+            f"{ff:.3f} (shipped {ff_shipped:.3f})",
+        }
+    reason = "; ".join(problems)
     return {"promoted": allow_regression, "reason": reason + (" (allowed)" * allow_regression)}
 
 

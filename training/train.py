@@ -103,6 +103,7 @@ class TrainArgs:
     init_from: str = ""
     bf16: bool = False
     composite_share: float = 0.0
+    benign_composite_share: float = 0.0
     composite_max_context: int = C.MAX_CONTEXT_PARTS
     patience: int = 3
     seed: int = 13
@@ -184,7 +185,10 @@ def batches(
 
     With ``--composite-share`` a share of the sampled rows is placed among 1 to
     ``--composite-max-context`` benign context rows (``training.composite``), within
-    ``--max-length`` tokens: dilution is learned, not averaged away.
+    ``--max-length`` tokens: dilution is learned, not averaged away. With
+    ``--benign-composite-share`` another share is replaced by 2 to max-context + 1 benign
+    rows alone: long negatives, without which a model learns "long text is harmful" (the
+    first composite run flagged 35 % of benign composites).
     """
     pool_no = start_pool
     weak = {e.source for e in examples}
@@ -192,7 +196,8 @@ def batches(
         s: args.weak_negative_weight * D.assumed_negative_vector(s, args.labels) for s in weak
     }
     empty = np.zeros(0, dtype=np.int64)
-    ctx, ctx_tokens = context_pool(examples, tok) if args.composite_share > 0 else (empty, empty)
+    composites = args.composite_share > 0 or args.benign_composite_share > 0
+    ctx, ctx_tokens = context_pool(examples, tok) if composites else (empty, empty)
     while True:
         rng = np.random.default_rng(args.seed * 1_000_003 + pool_no)
         idx = rng.choice(len(examples), size=args.batch_size * args.pool_batches, p=probs)
@@ -201,7 +206,24 @@ def batches(
         ids = encode(tok, texts, args.max_length)
         if len(ctx):
             redo = []
-            for j in np.flatnonzero(rng.random(len(idx)) < args.composite_share):
+            benign = (
+                np.flatnonzero(rng.random(len(idx)) < args.benign_composite_share)
+                if args.benign_composite_share > 0
+                else np.zeros(0, dtype=np.int64)
+            )
+            for j in benign:  # long negatives: only benign rows, as many as a composite has
+                n = int(rng.integers(2, args.composite_max_context + 2))
+                parts = C.pick_context(ctx, ctx_tokens, n, args.max_length - 2, rng)
+                if len(parts) < 2:
+                    continue
+                sep = C.SEPARATORS[int(rng.integers(0, len(C.SEPARATORS)))]
+                texts[j] = sep.join(examples[p].text for p in parts)
+                w = args.weak_negative_weight
+                targets = [row_target(examples[p], weak_vecs, w) for p in parts]
+                rows[j] = C.combine([t[0] for t in targets], [t[1] for t in targets])
+                redo.append(j)
+            wrap = np.flatnonzero(rng.random(len(idx)) < args.composite_share)
+            for j in np.setdiff1d(wrap, benign):
                 room = args.max_length - len(ids[j]) - COMPOSITE_SLACK_TOKENS
                 n = int(rng.integers(1, args.composite_max_context + 1))
                 parts = C.pick_context(ctx, ctx_tokens, n, room, rng)
@@ -815,6 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
         "weak_negative_weight",
         "source_size_power",
         "composite_share",
+        "benign_composite_share",
     ):
         p.add_argument("--" + k.replace("_", "-"), type=float, default=getattr(d, k))
     p.add_argument(

@@ -272,7 +272,8 @@ def test_flags_child_implies_parent() -> None:
 
 
 def test_eval_command_reports_dilution_on_a_runs_validation_split(tmp_path: Path) -> None:
-    """``modserve eval --run-dir R --dilution``: the run's held-out rows, composites of them."""
+    """Training with composites, then ``modserve eval --run-dir R --dilution``: the run's
+    held-out rows, composites of them."""
     from training.evaluate import main as eval_main
     from training.train import TrainArgs, run
 
@@ -295,6 +296,8 @@ def test_eval_command_reports_dilution_on_a_runs_validation_split(tmp_path: Path
         max_steps=2,
         val_fraction=0.3,
         max_length=32,
+        composite_share=0.5,  # both composite paths run on the tiny corpus
+        benign_composite_share=0.3,
     )
     run(args)
     from training.export import ship

@@ -75,13 +75,20 @@ def test_metrics_count_flags_by_context_size():
 
 
 def test_promotion_refuses_a_model_that_catches_less_diluted_harm(tmp_path: Path):
-    def dil(ours: float, theirs: float) -> dict:
-        return {"candidate": {"headline_recall": ours}, "shipped": {"headline_recall": theirs}}
+    def dil(ours: float, theirs: float, ff: float = 0.02, ff_shipped: float = 0.02) -> dict:
+        return {
+            "candidate": {"headline_recall": ours, "headline_false_flag_rate": ff},
+            "shipped": {"headline_recall": theirs, "headline_false_flag_rate": ff_shipped},
+        }
 
     assert promotion_decision(dil(0.9, 0.6), False)["promoted"]
     refused = promotion_decision(dil(0.5, 0.6), False)
     assert not refused["promoted"] and "0.500 < shipped 0.600" in refused["reason"]
     assert promotion_decision(dil(0.5, 0.6), True)["promoted"]
+    # recall bought with false flags (the first v2 candidate: 0.88 recall, 35 % false flags)
+    flagging = promotion_decision(dil(0.88, 0.37, ff=0.35, ff_shipped=0.018), False)
+    assert not flagging["promoted"] and "false flags" in flagging["reason"]
+    assert promotion_decision(dil(0.88, 0.37, ff=0.025, ff_shipped=0.018), False)["promoted"]
     assert promotion_decision({"skipped": "no context"}, False)["promoted"]
 
 
