@@ -159,16 +159,12 @@ def run(
 
 
 def format_table(res: dict) -> str:
-    """Recall / in-category recall / false flags / AUPRC per context size."""
-    rows = [
-        "| context rows | recall | in category | retained | false flags (benign) | AUPRC |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for k, r in res["by_context_size"].items():
-        rows.append(
-            f"| {k} | {r.get('recall', float('nan')):.3f} | "
-            f"{r.get('recall_in_category', float('nan')):.3f} | "
-            f"{r.get('retained', float('nan')):.3f} | "
-            f"{r.get('false_flag_rate', float('nan')):.3f} | {r.get('auprc', float('nan')):.3f} |"
-        )
-    return "\n".join(rows)
+    """Recall / in-category recall / retained / false flags / AUPRC per context size."""
+
+    def f(r: dict, key: str) -> str:
+        return f"{r.get(key, float('nan')):.3f}"
+
+    keys = ("recall", "recall_in_category", "retained", "false_flag_rate", "auprc")
+    header = ["context rows", "recall", "in category", "retained", "false flags (benign)", "AUPRC"]
+    rows = [[k, *(f(r, key) for key in keys)] for k, r in res["by_context_size"].items()]
+    return M.markdown_table(header, rows)

@@ -111,24 +111,17 @@ def format_table(rep: dict) -> str:
     def f(x: float) -> str:
         return "  n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
-    lines = [
-        "| category | pos | neg | AUPRC | F1@thr | threshold |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for c, v in rep["per_category"].items():
-        lines.append(
-            f"| {c} | {v['positives']} | {v['negatives']} | {f(v['auprc'])} | "
-            f"{f(v['f1'])} | {v['threshold']:.2f} |"
-        )
+    rows = [
+        [c, str(v["positives"]), str(v["negatives"]), f(v["auprc"]), f(v["f1"]),
+         f"{v['threshold']:.2f}"]
+        for c, v in rep["per_category"].items()
+    ]  # fmt: skip
     fl = rep["flagged"]
-    lines.append(
-        f"| **flagged (any known)** | {fl['positives']} | {fl['negatives']} | "
-        f"{f(fl['auprc'])} | | |"
-    )
-    lines.append(
-        f"| flagged, max over all categories | | | {f(fl['auprc_max_over_all_categories'])} | | |"
-    )
-    return "\n".join(lines)
+    rows.append(["**flagged (any known)**", str(fl["positives"]), str(fl["negatives"]),
+                 f(fl["auprc"]), "", ""])  # fmt: skip
+    rows.append(["flagged, max over all categories", "", "",
+                 f(fl["auprc_max_over_all_categories"]), "", ""])  # fmt: skip
+    return M.markdown_table(["category", "pos", "neg", "AUPRC", "F1@thr", "threshold"], rows)
 
 
 def evaluate_examples(

@@ -287,18 +287,10 @@ def test_eval_command_reports_dilution_on_a_runs_validation_split(tmp_path: Path
     data = tmp_path / "corpus.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     enc = _tiny_encoder(tmp_path / "enc")
-    args = TrainArgs(
-        data=[str(data)],
-        run_dir=str(tmp_path / "run"),
-        encoder_dir=str(enc),
-        batch_size=8,
-        pool_batches=2,
-        max_steps=2,
-        val_fraction=0.3,
-        max_length=32,
-        composite_share=0.5,  # both composite paths run on the tiny corpus
-        benign_composite_share=0.3,
-    )
+    tiny = {"batch_size": 8, "pool_batches": 2, "max_steps": 2, "max_length": 32}
+    args = TrainArgs(data=[str(data)], run_dir=str(tmp_path / "run"), encoder_dir=str(enc),
+                     val_fraction=0.3, composite_share=0.5,  # both composite paths run
+                     benign_composite_share=0.3, **tiny)  # fmt: skip
     run(args)
     from training.export import ship
 
