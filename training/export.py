@@ -145,7 +145,7 @@ def ship(
     allow_dilution_regression: bool = False,
 ) -> dict:
     """The whole pipeline; returns ``{"fp32": report, "int8": report, "int8_gate": ...}``."""
-    from training.train import load_trained, split_from_run
+    from training.train import VALIDATION_SPLIT_FILE, load_trained, split_from_run
 
     run_dir = Path(run_dir)
     model = load_trained(run_dir, which)
@@ -220,6 +220,9 @@ def ship(
         "assumed_negative_flag_rate": bleed,
         "score_max_abs_diff_int8": float(np.abs(s32 - s8).max()) if len(s8) else 0.0,
     }
+    split_file = run_dir / VALIDATION_SPLIT_FILE  # a continued model keeps these held out
+    if split_file.is_file():
+        shutil.copy2(split_file, model_dir / VALIDATION_SPLIT_FILE)
     shipped_dir = Path(model_repo) / cfg.name
     out["dilution"] = dilution_against_shipped(loaded, val, shipped_dir)
     out["promotion"] = promotion_decision(out["dilution"], allow_dilution_regression)

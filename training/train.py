@@ -351,7 +351,10 @@ def split_examples(ex: list[D.Example], args: TrainArgs) -> tuple[list[D.Example
     path = Path(args.run_dir) / VALIDATION_SPLIT_FILE
     if path.is_file():
         keys = set(json.loads(path.read_text())["keys"])
-    elif args.init_from and (Path(args.init_from) / "eval_validation.json").is_file():
+    elif args.init_from and any(
+        (Path(args.init_from) / f).is_file()
+        for f in (VALIDATION_SPLIT_FILE, "eval_validation.json")
+    ):
         keys = split_keeping_reference(ex, Path(args.init_from), args)
     else:
         if args.init_from:
@@ -373,7 +376,20 @@ def split_examples(ex: list[D.Example], args: TrainArgs) -> tuple[list[D.Example
 
 
 def split_keeping_reference(ex: list[D.Example], model_dir: Path, args: TrainArgs) -> set[str]:
-    """Validation keys: ``model_dir``'s own held-out rows, plus a split of newer sources."""
+    """Validation keys: ``model_dir``'s own held-out rows, plus a split of newer sources.
+
+    The exported model's ``validation_split.json`` (its run's keys) is used when present;
+    older exports have only their training arguments, from which the split is rebuilt."""
+    keys_file = model_dir / VALIDATION_SPLIT_FILE
+    if keys_file.is_file():
+        held = set(json.loads(keys_file.read_text())["keys"])
+        seen = {e.source for e in ex if D.normalize_text(e.text) in held}
+        new = [e for e in ex if e.source not in seen]
+        share = len(held) / max(1, len(ex) - len(new))
+        log.info("validation: %d rows of %s kept", len(held), model_dir)
+        return held | {
+            D.normalize_text(e.text) for e in D.stratified_split(new, share, args.seed)[1]
+        }
     record = json.loads((model_dir / "eval_validation.json").read_text())
     ref = TrainArgs(**record["run"]["train_args"])
     ref_sources = sorted(record["run"]["source_weights"])

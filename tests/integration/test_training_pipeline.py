@@ -207,9 +207,23 @@ def test_init_from_exported_model_continues_it(tmp_path: Path) -> None:
         parent.state_dict().items(), child.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
-    _, va1 = split_from_run(Path(first.run_dir))
+    tr1, va1 = split_from_run(Path(first.run_dir))
     _, va2 = split_from_run(Path(second.run_dir))
     assert [e.text for e in va1] == [e.text for e in va2]
+
+    # An export carries its run's held-out keys (validation_split.json): a run continued from
+    # it holds out exactly those rows, even where a fresh split would differ.
+    held = sorted({D.normalize_text(e.text) for e in va1} | {D.normalize_text(tr1[0].text)})
+    (repo / parent.cfg.name / "validation_split.json").write_text(json.dumps({"keys": held}))
+    third = TrainArgs(
+        run_dir=str(tmp_path / "run3"),
+        max_steps=1,
+        init_from=str(repo / parent.cfg.name),
+        **common,
+    )
+    run(third)
+    _, va3 = split_from_run(Path(third.run_dir))
+    assert sorted(D.normalize_text(e.text) for e in va3) == held
 
 
 def test_source_size_power_sets_source_shares() -> None:
