@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from transformers import PreTrainedTokenizerBase
 
 from training.data import Example
 
@@ -42,19 +43,24 @@ SEPARATORS: tuple[str, ...] = (" ", " ", "\n", "\n\n")  # how posts join sentenc
 MAX_CONTEXT_PARTS = 8  # benign rows around a target, as in the dilution evaluation
 
 
-def combine(
-    labels: Sequence[np.ndarray], masks: Sequence[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, mask) of a text made of parts with these (C,) labels and masks.
+def combine(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, mask) of a text made of parts with these (C,) (labels, mask) pairs.
 
     A mask entry is 1 for a known label, 0 for unknown, and may be fractional (an assumed
     negative's loss weight): a composite's negative gets the smallest weight of its parts,
     its positive (any part positive) weight 1."""
-    y = np.stack(labels).astype(np.float32)  # (P, C), 0 where unknown
-    m = np.stack(masks).astype(np.float32)
+    y = np.stack([p[0] for p in parts]).astype(np.float32)  # (P, C), 0 where unknown
+    m = np.stack([p[1] for p in parts]).astype(np.float32)
     positive = (y > 0).any(axis=0)
     mask = np.where(positive, 1.0, m.min(axis=0)).astype(np.float32)
     return np.asarray(positive, dtype=np.float32), mask
+
+
+def token_counts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text without special tokens (how much of a window it takes)."""
+    if not texts:
+        return []
+    return [len(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def is_context(ex: Example) -> bool:

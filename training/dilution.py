@@ -64,9 +64,7 @@ def build_set(
     ctx = [e for e in val if C.is_context(e)]
     if not ctx:
         raise ValueError("dilution needs benign context rows in the validation split")
-    lengths = [
-        len(x) for x in tokenizer([e.text for e in ctx], add_special_tokens=False)["input_ids"]
-    ]
+    lengths = C.token_counts(tokenizer, [e.text for e in ctx])
     ctx = [e for e, n in zip(ctx, lengths, strict=True) if n <= MAX_CONTEXT_TOKENS]
     pos = [e for e in val if (e.labels * e.mask > 0).any()]
     if not ctx or not pos:

@@ -219,8 +219,7 @@ def batches(
                 sep = C.SEPARATORS[int(rng.integers(0, len(C.SEPARATORS)))]
                 texts[j] = sep.join(examples[p].text for p in parts)
                 w = args.weak_negative_weight
-                targets = [row_target(examples[p], weak_vecs, w) for p in parts]
-                rows[j] = C.combine([t[0] for t in targets], [t[1] for t in targets])
+                rows[j] = C.combine([row_target(examples[p], weak_vecs, w) for p in parts])
                 redo.append(j)
             wrap = np.flatnonzero(rng.random(len(idx)) < args.composite_share)
             for j in np.setdiff1d(wrap, benign):
@@ -233,8 +232,9 @@ def batches(
                 sep = C.SEPARATORS[int(rng.integers(0, len(C.SEPARATORS)))]
                 texts[j] = C.join(texts[j], [examples[p].text for p in parts], at, sep)
                 w = args.weak_negative_weight
-                targets = [rows[j], *(row_target(examples[p], weak_vecs, w) for p in parts)]
-                rows[j] = C.combine([t[0] for t in targets], [t[1] for t in targets])
+                rows[j] = C.combine(
+                    [rows[j], *(row_target(examples[p], weak_vecs, w) for p in parts)]
+                )
                 redo.append(j)
             if redo:
                 redone = encode(tok, [texts[j] for j in redo], args.max_length)
@@ -269,9 +269,7 @@ def context_pool(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the benign context rows of ``examples`` and their token counts."""
     cand = [i for i, e in enumerate(examples) if C.is_context(e)]
-    lengths = [
-        len(x) for x in tok([examples[i].text for i in cand], add_special_tokens=False)["input_ids"]
-    ]
+    lengths = C.token_counts(tok, [examples[i].text for i in cand])
     keep = [k for k, n in enumerate(lengths) if n <= CONTEXT_MAX_TOKENS]
     log.info("composites: %d context rows of <= %d tokens", len(keep), CONTEXT_MAX_TOKENS)
     return np.array([cand[k] for k in keep], dtype=np.int64), np.array(
@@ -370,8 +368,9 @@ def split_examples(ex: list[D.Example], args: TrainArgs) -> tuple[list[D.Example
     if args.run_dir:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"keys": sorted(keys)}))
-    train = [e for e in ex if D.normalize_text(e.text) not in keys]
-    val = [e for e in ex if D.normalize_text(e.text) in keys]
+    held = [D.normalize_text(e.text) in keys for e in ex]
+    train = [e for e, h in zip(ex, held, strict=True) if not h]
+    val = [e for e, h in zip(ex, held, strict=True) if h]
     return train, val
 
 
@@ -383,13 +382,19 @@ def split_keeping_reference(ex: list[D.Example], model_dir: Path, args: TrainArg
     keys_file = model_dir / VALIDATION_SPLIT_FILE
     if keys_file.is_file():
         held = set(json.loads(keys_file.read_text())["keys"])
-        seen = {e.source for e in ex if D.normalize_text(e.text) in held}
-        new = [e for e in ex if e.source not in seen]
-        share = len(held) / max(1, len(ex) - len(new))
-        log.info("validation: %d rows of %s kept", len(held), model_dir)
-        return held | {
-            D.normalize_text(e.text) for e in D.stratified_split(new, share, args.seed)[1]
-        }
+        known = {e.source for e in ex if D.normalize_text(e.text) in held}
+        share = len(held) / max(1, sum(e.source in known for e in ex))
+    else:
+        held, known, share = rebuild_reference_split(model_dir, args)
+    new = [e for e in ex if e.source not in known]
+    log.info("validation: %d rows of %s kept, %d sources split anew", len(held), model_dir,
+             len({e.source for e in new}))  # fmt: skip
+    return held | {D.normalize_text(e.text) for e in D.stratified_split(new, share, args.seed)[1]}
+
+
+def rebuild_reference_split(model_dir: Path, args: TrainArgs) -> tuple[set[str], set[str], float]:
+    """(validation keys, sources, held-out share) of the run ``model_dir`` was exported from,
+    rebuilt from its recorded training arguments and checked against its per-source counts."""
     record = json.loads((model_dir / "eval_validation.json").read_text())
     ref = TrainArgs(**record["run"]["train_args"])
     ref_sources = sorted(record["run"]["source_weights"])
@@ -406,16 +411,7 @@ def split_keeping_reference(ex: list[D.Example], model_dir: Path, args: TrainArg
             "(per-source counts differ); the data changed since it was trained"
         )
     keys = {D.normalize_text(e.text) for e in ref_val}
-    new = [e for e in ex if e.source not in set(ref_sources)]
-    share = len(ref_val) / max(1, len(ref_ex))
-    keys |= {D.normalize_text(e.text) for e in D.stratified_split(new, share, args.seed)[1]}
-    log.info(
-        "validation: %d rows of %s kept, %d sources split anew",
-        len(ref_val),
-        model_dir,
-        len({e.source for e in new}),
-    )
-    return keys
+    return keys, set(ref_sources), len(ref_val) / max(1, len(ref_ex))
 
 
 @dataclass

@@ -14,7 +14,7 @@ PARTLY = (np.array([0.0, 0.0, 0.0]), np.array([1.0, 0.0, 1.0]))  # violence unkn
 
 
 def _combine(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[list[float], list[float]]:
-    y, m = C.combine([p[0] for p in parts], [p[1] for p in parts])
+    y, m = C.combine(parts)
     return y.tolist(), m.tolist()
 
 
