@@ -128,9 +128,11 @@ class RemoteRegistry:
     async def stop(self) -> None:
         self.metrics.ready.set(0)
 
-    def resolve(self, requested: str | None) -> RemoteEngine | EnsembleEngine:
+    def resolve(
+        self, requested: str | None, version: str | None = None
+    ) -> RemoteEngine | EnsembleEngine:
         expected = [*self.deployments, *self.ensembles]
-        return resolve_engine(requested, self.default, self.engines, expected)
+        return resolve_engine(requested, self.default, self.engines, expected, version)
 
 
 def deployment_name(model: str) -> str:

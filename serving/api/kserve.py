@@ -72,24 +72,21 @@ def kserve_router(reg: Registry) -> APIRouter:
 
     @route("GET", "", "Model metadata (column names in parameters.categories)")
     async def metadata(request: Request, name: str, version: str) -> Response:
-        engine = reg.resolve(name)
-        kserve.check_version(engine.name, engine.version, version)
+        engine = reg.resolve(name, version)
         body = kserve.model_metadata(engine.name, engine.version, engine.categories)
         body["parameters"] = {"categories": list(engine.categories)}
         return JSONResponse(body)
 
     @route("GET", "/ready", "Model readiness", needs_key=False)
     async def model_ready(request: Request, name: str, version: str) -> Response:
-        engine = reg.resolve(name)
-        kserve.check_version(engine.name, engine.version, version)
+        engine = reg.resolve(name, version)
         if not engine.ready:
             raise NotReady(f"Model {engine.name!r} is still loading.")
         return JSONResponse({"name": engine.name, "ready": True})
 
     @route("GET", "/config", "Model config (Triton form)")
     async def config(request: Request, name: str, version: str) -> Response:
-        engine = reg.resolve(name)
-        kserve.check_version(engine.name, engine.version, version)
+        engine = reg.resolve(name, version)
         c = len(engine.categories)
         return JSONResponse(
             {
@@ -109,8 +106,7 @@ def kserve_router(reg: Registry) -> APIRouter:
 
     @route("POST", "/infer", "Inference: TEXT (BYTES [n]) -> SCORES (FP32), FLAGS (BOOL) [n, C]")
     async def infer(request: Request, name: str, version: str) -> Response:
-        engine = reg.resolve(name)
-        served = kserve.check_version(engine.name, engine.version, version)
+        engine = reg.resolve(name, version)
         header, binary = split_body(
             await read_body(request, settings.max_request_body_bytes),
             request.headers.get(HEADER_LENGTH),
@@ -134,7 +130,7 @@ def kserve_router(reg: Registry) -> APIRouter:
             outputs.append(out)
         body: dict[str, Any] = {
             "model_name": engine.name,
-            "model_version": served,
+            "model_version": engine.version,
             "outputs": outputs,
         }
         if "id" in header:

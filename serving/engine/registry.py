@@ -82,23 +82,35 @@ class ModelRegistry:
             if isinstance(e, Engine):
                 await e.stop()
 
-    def resolve(self, requested: str | None) -> Engine | EnsembleEngine:
+    def resolve(self, requested: str | None, version: str | None = None) -> Engine | EnsembleEngine:
         """Map a request's ``model`` (None, OpenAI alias, or folder name) to its engine."""
         expected = [*self.settings.model_names(), *self.engines]
-        return resolve_engine(requested, self.default, self.engines, expected)
+        return resolve_engine(requested, self.default, self.engines, expected, version)
 
 
 def resolve_engine(
-    requested: str | None, default: str, engines: Mapping[str, C], expected: Iterable[str]
+    requested: str | None,
+    default: str,
+    engines: Mapping[str, C],
+    expected: Iterable[str],
+    version: str | None = None,
 ) -> C:
     """The engine for a request's ``model``: None and the OpenAI names mean ``default``.
 
-    A configured model that is not loaded yet answers 503 (retry); anything else 404.
+    A configured model that is not loaded yet answers 503 (retry); anything else 404, as
+    does a ``version`` other than the one served (empty = the one served).
     """
     name = default if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
     assert name is not None
     if name in engines:
-        return engines[name]
+        engine = engines[name]
+        if version not in (None, "", engine.version):
+            raise ModelNotFound(
+                f"Model {engine.name!r} has no version {version!r}; served version: "
+                f"{engine.version!r}.",
+                param="model_version",
+            )
+        return engine
     expected = set(expected)
     if name in expected:
         raise NotReady(f"Model {name!r} is still loading; retry shortly.")

@@ -91,7 +91,8 @@ class Registry(Protocol):
 
     async def stop(self) -> None: ...
 
-    def resolve(self, requested: str | None) -> Classifier:
-        """The model for a request's ``model`` field (None and OpenAI names: the default);
-        raises ``ModelNotFound`` (404) or ``NotReady`` (503, still loading)."""
+    def resolve(self, requested: str | None, version: str | None = None) -> Classifier:
+        """The model for a request's ``model`` field (None and OpenAI names: the default) and
+        ``version`` (None or empty: the one served); raises ``ModelNotFound`` (404) or
+        ``NotReady`` (503, still loading)."""
         ...

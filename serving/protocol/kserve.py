@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from serving import __version__
-from serving.errors import InvalidRequest, ModelNotFound
+from serving.errors import InvalidRequest
 from serving.protocol.limits import check_texts
 
 INPUT = "TEXT"
@@ -33,16 +33,6 @@ OUTPUTS = (SCORES, FLAGS)
 SERVER_NAME = "modserve"
 SERVER_VERSION = __version__
 PLATFORM = "modserve_moderation"
-
-
-def check_version(model: str, served: str, requested: str | None) -> str:
-    """The served version of ``model``; an empty ``requested`` means "the one served"."""
-    if requested not in (None, "", served):
-        raise ModelNotFound(
-            f"Model {model!r} has no version {requested!r}; served version: {served!r}.",
-            param="model_version",
-        )
-    return served
 
 
 def model_metadata(model: str, version: str, categories: Sequence[str]) -> dict[str, Any]:

@@ -40,8 +40,7 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
         try:
-            engine = self.registry.resolve(request.name)
-            kserve.check_version(engine.name, engine.version, request.version)
+            engine = self.registry.resolve(request.name, request.version)
         except ModerationError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=engine.ready)
@@ -52,8 +51,7 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         """Auth, then the engine for ``request.name``/``version``; aborts the call on error."""
         try:
             self.check_auth(context)
-            engine = self.registry.resolve(request.name)
-            kserve.check_version(engine.name, engine.version, request.version)
+            engine = self.registry.resolve(request.name, request.version)
         except Exception as e:
             await self.fail(context, e)
         return engine
@@ -127,8 +125,7 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
         self.check_auth(context)
-        engine = self.registry.resolve(request.model_name)
-        served = kserve.check_version(engine.name, engine.version, request.model_version)
+        engine = self.registry.resolve(request.model_name, request.model_version)
         inputs = list(request.inputs)
         names = [t.name for t in inputs]
         text = inputs[0] if inputs else pb.ModelInferRequest.InferInputTensor()
@@ -150,7 +147,7 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         result = await engine.classify(texts, timeout_s=self.time_left_s(context))
         arrays = kserve.output_arrays(result.scores, result.flags)
         response = pb.ModelInferResponse(
-            model_name=engine.name, model_version=served, id=request.id
+            model_name=engine.name, model_version=engine.version, id=request.id
         )
         for name in wanted:
             datatype, arr = arrays[name]

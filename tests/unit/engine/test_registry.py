@@ -36,3 +36,26 @@ async def test_not_ready_until_the_last_model_is_loaded(
         assert reg.ready
     finally:
         await reg.stop()
+
+
+def test_resolve_by_name_alias_and_version() -> None:
+    """One resolution rule for every transport and both registries (local and Ray)."""
+    from types import SimpleNamespace
+
+    from serving.engine.registry import resolve_engine
+    from serving.errors import ModelNotFound, NotReady
+
+    tiny = SimpleNamespace(name="tiny", version="3")
+    engines = {"tiny": tiny}
+    expected = ["tiny", "other"]
+    assert resolve_engine(None, "tiny", engines, expected) is tiny
+    assert resolve_engine("omni-moderation-latest", "tiny", engines, expected) is tiny
+    assert resolve_engine("tiny", "tiny", engines, expected, version="3") is tiny
+    assert resolve_engine("tiny", "tiny", engines, expected, version="") is tiny
+    with pytest.raises(ModelNotFound, match="no version '2'; served version: '3'") as e:
+        resolve_engine("tiny", "tiny", engines, expected, version="2")
+    assert e.value.param == "model_version"
+    with pytest.raises(NotReady):
+        resolve_engine("other", "tiny", engines, expected)
+    with pytest.raises(ModelNotFound):
+        resolve_engine("nope", "tiny", engines, expected)
