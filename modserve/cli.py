@@ -9,10 +9,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-SERVER_COMMANDS = {
-    "serve": "run the HTTP + gRPC server (one process, or Ray Serve with --ray)",
-    "classify": "classify text and print the moderation JSON",
-}
+from serving.cli import COMMANDS as SERVER_COMMANDS
+from serving.cli import main as serving_main
+
 BENCH_HELP = "load test modserve and its peers side by side (benchmarks.load)"
 
 
@@ -43,8 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command, rest = (argv[0], argv[1:]) if argv else ("", [])
     if command in SERVER_COMMANDS:
-        from serving.cli import main as serving_main
-
         return serving_main(argv)
     if command == "bench":
         return _bench(rest)

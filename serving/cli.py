@@ -101,12 +101,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {  # the server's commands and their one-line help (also in `modserve --help`)
+    "serve": "run the HTTP + gRPC server (one process, or Ray Serve with --ray)",
+    "classify": "classify text and print the moderation JSON",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP + gRPC server (one process, embedded model)")
+    serve = sub.add_parser("serve", help=COMMANDS["serve"])
     _add(serve, _MODEL_FLAGS + _SERVE_FLAGS)
     serve.add_argument(
         "--ray",
@@ -115,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "scaling from MODSERVE_RAY_* variables",
     )
     serve.set_defaults(func=cmd_serve)
-    classify = sub.add_parser("classify", help="classify text and print the moderation JSON")
+    classify = sub.add_parser("classify", help=COMMANDS["classify"])
     classify.add_argument("text", nargs="+", help="one or more texts")
     _add(classify, _MODEL_FLAGS)
     classify.set_defaults(func=cmd_classify)

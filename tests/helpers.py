@@ -9,7 +9,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor, Future
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -161,3 +163,17 @@ class ServerProcess:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+@asynccontextmanager
+async def unloaded_app_client(repo: Path, model: str = "tiny") -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process client of the HTTP app over a registry that never starts loading."""
+    from serving.api.http import create_http_app
+    from serving.config import Settings
+    from serving.engine.metrics import Metrics
+    from serving.engine.registry import ModelRegistry
+
+    registry = ModelRegistry(Settings(model_repo=repo, model=model), Metrics())
+    transport = httpx.ASGITransport(app=create_http_app(registry))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client

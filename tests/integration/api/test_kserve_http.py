@@ -13,11 +13,7 @@ import pytest
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from serving.api.http import create_http_app
-from serving.config import Settings
-from serving.engine.metrics import Metrics
-from serving.engine.registry import ModelRegistry
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, unloaded_app_client
 
 pytestmark = pytest.mark.integration
 TEXTS = ["hello there", "I will hurt you", "long text " * 80]
@@ -151,10 +147,7 @@ def test_unknown_model_and_version_are_404(client: th.InferenceServerClient, ser
 
 
 async def test_kserve_not_ready_is_503(tiny_repo: Path):
-    registry = ModelRegistry(Settings(model_repo=tiny_repo, model="tiny"), Metrics())
-    app = create_http_app(registry)  # nothing starts the registry: it never loads
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    async with unloaded_app_client(tiny_repo) as c:
         assert (await c.get("/v2/health/live")).status_code == 200
         r = await c.get("/v2/health/ready")
         assert r.status_code == 503 and r.headers["Retry-After"] == "1"

@@ -8,11 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.api.http import create_http_app
-from serving.config import Settings
-from serving.engine.metrics import Metrics
-from serving.engine.registry import ModelRegistry
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, unloaded_app_client
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +37,7 @@ def test_full_queue_answers_429_with_retry_after(tiny_repo: Path):
 
 
 async def test_not_ready_is_503(tiny_repo: Path):
-    registry = ModelRegistry(Settings(model_repo=tiny_repo, model="tiny"), Metrics())
-    app = create_http_app(registry)  # nothing starts the registry: it never loads
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    async with unloaded_app_client(tiny_repo) as c:
         assert (await c.get("/health")).status_code == 200
         r = await c.get("/ready")
         assert r.status_code == 503 and r.headers["Retry-After"] == "1"
