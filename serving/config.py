@@ -96,8 +96,19 @@ class Settings(BaseSettings):
         description="How long a partly filled batch waits for company. Raise for "
         "throughput under light load, lower for latency; 0 = never wait.",
     )
+    max_queue_wait_s: float = Field(
+        1.0,
+        gt=0,
+        description="Admission: a request whose predicted wait for the model (the queued "
+        "work it shares the model with, at this machine's measured speed) exceeds this gets "
+        "429 + Retry-After at once instead of a late 504. Lower = lower latency for what is "
+        "admitted and more 429s under overload; higher = fewer 429s, longer queues.",
+    )
     max_queue_tokens: int = Field(
-        262144, ge=1, description="Padded tokens allowed to wait; beyond it requests get 429."
+        262144,
+        ge=1,
+        description="Absolute ceiling on padded tokens waiting (memory), on top of "
+        "MODSERVE_MAX_QUEUE_WAIT_S which normally refuses work long before it; beyond it 429.",
     )
 
     # --- request limits ------------------------------------------------------------------------
@@ -112,7 +123,11 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=1, description="Largest HTTP body accepted; beyond it 413."
     )
     request_timeout_s: float = Field(
-        30.0, gt=0, description="Deadline per request; expired requests never reach the model."
+        30.0,
+        gt=0,
+        description="Deadline per request, also the cap on a client's own (gRPC) deadline; "
+        "expired requests never reach the model, and a request that needs more model time "
+        "than this even on an idle server gets 413 at once.",
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 429 and 503.")
 

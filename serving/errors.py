@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
+ECHO_CHARS = 100  # the most of one client-supplied value an error message repeats
+
+
+def clip(value: object, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters: client input can be
+    megabytes, or carry newlines and control characters (repr escapes them, so an echoed
+    value can neither bloat an answer nor forge a log line)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def clip_all(values: object, most: int = 5) -> str:
+    """``clip`` for each of the first ``most`` values, and how many more there were."""
+    items = list(values) if isinstance(values, (list, tuple, set, frozenset)) else [values]
+    shown = ", ".join(clip(v) for v in items[:most])
+    more = len(items) - most
+    return f"[{shown}{f', ... {more} more' if more > 0 else ''}]"
+
 
 class ModerationError(Exception):
     """Base: carries everything needed for ``{"error": {message, type, param, code}}``."""
@@ -11,12 +31,26 @@ class ModerationError(Exception):
     code: str | None = None
     retryable = False  # the same request may succeed later: every transport sends Retry-After
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        self.retry_after_s = retry_after_s  # None: MODSERVE_RETRY_AFTER_S (if retryable)
+
+    def retry_after(self, default_s: float) -> int | None:
+        """Whole seconds for ``Retry-After`` if a retry may succeed (this error's own estimate,
+        else ``default_s``: MODSERVE_RETRY_AFTER_S), None otherwise."""
+        if not self.retryable:
+            return None
+        return math.ceil(self.retry_after_s if self.retry_after_s is not None else default_s)
 
     def envelope(self) -> dict[str, dict[str, str | None]]:
         return {
@@ -52,8 +86,17 @@ class BodyTooLarge(ModerationError):
     code = "request_too_large"
 
 
+class RequestTooExpensive(ModerationError):
+    """The request alone needs more model time than its deadline allows (admission)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class Overloaded(ModerationError):
-    """The batcher's token queue is full: retry later (429 + Retry-After)."""
+    """The predicted wait is over the limit (or the queue is full): retry later (429 +
+    Retry-After, the predicted excess wait when known)."""
 
     status = 429
     type = "rate_limit_error"
@@ -72,6 +115,14 @@ class NotReady(ModerationError):
     type = "server_error"
     code = "not_ready"
     retryable = True
+
+
+class ClientClosedRequest(ModerationError):
+    """The client hung up first: nobody reads the answer, and it is not a server error."""
+
+    status = 499  # nginx's code for "the client went away first"
+    type = "invalid_request_error"
+    code = "client_closed_request"
 
 
 class InferenceFailed(ModerationError):

@@ -11,7 +11,7 @@ when the error says a retry will help. The app loads nothing itself: the composi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -23,7 +23,7 @@ from serving import __version__
 from serving.api.kserve import KSERVE_PREFIX, kserve_router
 from serving.api.openai import openai_router
 from serving.engine.types import Registry
-from serving.errors import ModerationError, NotReady
+from serving.errors import ClientClosedRequest, ModerationError, NotReady, clip
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,16 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
     app.include_router(openai_router(registry))
     app.include_router(kserve_router(registry))
 
-    def error_response(request: Request, err: ModerationError) -> JSONResponse:
+    def error_response(
+        request: Request, err: ModerationError, headers: Mapping[str, str] | None = None
+    ) -> JSONResponse:
         kserve = request.url.path.startswith(KSERVE_PREFIX)
         body: dict[str, Any] = {"error": err.message} if kserve else err.envelope()
-        headers = {"Retry-After": str(settings.retry_after_s)} if err.retryable else {}
-        return JSONResponse(body, status_code=err.status, headers=headers)
+        out = dict(headers or {})
+        if (retry := err.retry_after(settings.retry_after_s)) is not None:
+            out["Retry-After"] = str(retry)
+        log_error(request, err)
+        return JSONResponse(body, status_code=err.status, headers=out)
 
     @app.exception_handler(ModerationError)
     async def _moderation_error(request: Request, exc: ModerationError) -> JSONResponse:
@@ -58,11 +63,12 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err = ModerationError(str(exc.detail))
         err.status, err.type = exc.status_code, "invalid_request_error"
-        return error_response(request, err)
+        return error_response(request, err, exc.headers)  # e.g. Allow on a 405
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
+        log.error("unexpected error on %s %s", request.method, clip(request.url.path),
+                  exc_info=exc)  # fmt: skip
         metrics.request_failures.labels("internal").inc()
         return error_response(request, ModerationError(f"Internal error: {type(exc).__name__}."))
 
@@ -81,3 +87,19 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def log_error(request: Request, err: ModerationError) -> None:
+    """One line per error answer, every client-supplied part escaped and clipped; no
+    traceback (an unexpected exception gets its own, in ``_unexpected``). A client that
+    hung up is DEBUG; client errors and retryable ones (4xx, 429, 503 loading) INFO; a
+    passed deadline WARNING; other server errors ERROR."""
+    if isinstance(err, ClientClosedRequest):
+        level = logging.DEBUG
+    elif err.status < 500 or err.retryable:
+        level = logging.INFO
+    else:
+        level = logging.WARNING if err.status == 504 else logging.ERROR
+    if log.isEnabledFor(level):
+        log.log(level, "%s %s -> %d %s: %s", request.method, clip(request.url.path),
+                err.status, err.code or err.type, clip(err.message, 300))  # fmt: skip

@@ -17,9 +17,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from serving.api.auth import require_api_key
-from serving.api.body import read_body
+from serving.api.body import parse_json, read_body, until_disconnect
 from serving.engine.types import Registry
-from serving.errors import InvalidRequest, NotReady
+from serving.errors import InvalidRequest, NotReady, clip
 from serving.protocol import kserve
 
 KSERVE_PREFIX = "/v2"
@@ -116,7 +116,7 @@ def kserve_router(reg: Registry) -> APIRouter:
         )
         wanted = parse_outputs(header)
         reg.metrics.requests.labels(engine.name).inc()
-        result = await engine.classify(texts)
+        result = await until_disconnect(request, engine.classify(texts))
         arrays = kserve.output_arrays(result.scores, result.flags)
         outputs, blobs = [], []
         for out_name, binary_out in wanted:
@@ -152,12 +152,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     size = len(body)
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidRequest(f"Bad {HEADER_LENGTH} header {header_length!r}.")
+            raise InvalidRequest(f"Bad {HEADER_LENGTH} header {clip(header_length)}.")
         size = int(header_length)
-    try:
-        header = json.loads(body[:size])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("Could not parse the JSON inference request.") from None
+    header = parse_json(body[:size], "inference request")
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidRequest(
             'The inference request must be an object with an "inputs" array.', param="inputs"
@@ -184,7 +181,7 @@ def parse_inputs(
     if size is not None:  # the only input, so its binary data starts at offset 0
         if not isinstance(size, int) or size != len(binary):
             raise InvalidRequest(
-                f"binary_data_size {size!r} does not match the {len(binary)} bytes sent.",
+                f"binary_data_size {clip(size)} does not match the {len(binary)} bytes sent.",
                 param=kserve.INPUT,
             )
         items = list(kserve.split_bytes_tensor(binary))

@@ -6,8 +6,6 @@ Decode -> registry's classifier -> encode, nothing else; errors are raised as
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -16,10 +14,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from serving.api.auth import require_api_key
-from serving.api.body import read_body
+from serving.api.body import read_json, until_disconnect
 from serving.config import OPENAI_MODEL_ALIASES
 from serving.engine.types import Registry
-from serving.errors import InvalidRequest
 from serving.protocol.openai import (
     ModerationRequest,
     ModerationResponse,
@@ -53,28 +50,15 @@ def openai_router(registry: Registry) -> APIRouter:
     router = APIRouter(dependencies=[Depends(require_api_key(settings.api_keys))])
     request_schema = _inline_refs(ModerationRequest.model_json_schema())
 
-    async def read_json(request: Request) -> Any:
-        body = await read_body(request, settings.max_request_body_bytes)
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidRequest(
-                "We could not parse the JSON body of your request. Send a JSON "
-                'object such as {"input": "text"}.'
-            ) from None
-
     async def moderations(request: Request) -> Response:
         t0 = time.perf_counter()
-        body = await read_json(request)
+        body = await read_json(request, settings.max_request_body_bytes)
         texts, requested = parse_request(
             body, settings.max_inputs_per_request, settings.max_input_chars
         )
         engine = registry.resolve(requested)
         metrics.requests.labels(engine.name).inc()
-        result = await _until_disconnect(request, engine.classify(texts))
-        if result is None:  # nobody is listening: no body, and no error in the server log
-            log.info("client hung up before its answer; its sequences were dropped")
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        result = await until_disconnect(request, engine.classify(texts))
         payload = build_response(
             engine.name, result.categories, result.scores, result.flags, result.extras
         )
@@ -121,30 +105,3 @@ def openai_router(registry: Registry) -> APIRouter:
         }
 
     return router
-
-
-CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away first"
-
-
-async def _until_disconnect(request: Request, work: Any) -> Any:
-    """Run ``work``; if the client hangs up first, cancel it (its sequences are dropped
-    before the model) and return None."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        return None
-    return task.result()

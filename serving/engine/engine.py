@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from serving.config import Settings
+from serving.engine.admission import TokenizerGate
 from serving.engine.batcher import Batch, TokenBudgetBatcher
 from serving.engine.metrics import Metrics
 from serving.engine.postprocess import PostProcessor
@@ -31,12 +34,13 @@ from serving.engine.tokenization import (
     pad_batch,
 )
 from serving.engine.types import ClassifyResult, Timings
-from serving.errors import InferenceFailed, InvalidRequest, NotReady
+from serving.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, NotReady
 from serving.model.load import LoadedModel
 
 log = logging.getLogger(__name__)
 
 READY_AHEAD = 1  # batches cut ahead of the core threads: each running one, plus this many
+LAST_RESORT_GRACE_S = 5.0  # past its deadline, a request is answered 504 whatever the batcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,11 @@ class ScoredSequence:
     scores: np.ndarray  # (L,) fp32, one per trained head
     queue_s: float  # enqueued -> its batch was cut
     inference_s: float  # its batch's forward pass
+
+
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()
 
 
 class Engine:
@@ -71,7 +80,10 @@ class Engine:
             settings.max_batch_wait_ms,
             settings.max_queue_tokens,
             on_drop=self._on_drop,
+            max_queue_wait_s=settings.max_queue_wait_s,
+            core_workers=core_workers,
         )
+        self.tokenizer_gate = TokenizerGate(settings.max_queue_wait_s)
         self._pre_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-pre")
         self.core_workers = core_workers
         self._core_pool = ThreadPoolExecutor(
@@ -87,10 +99,12 @@ class Engine:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        """Warm every bucket then start the batch loop.
+        """Warm every bucket, measure it, then start the batch loop.
 
         Batch sizes 1 and 2 per bucket: first-call costs, and for the compiled int8 encoder
-        both graphs torch.compile makes (batch 1 is specialised, >= 2 is dynamic).
+        both graphs torch.compile makes (batch 1 is specialised, >= 2 is dynamic). Then one
+        full batch per bucket, timed: admission's first estimate of this machine's speed
+        (``serving/engine/admission.py``; real batches refine it).
         """
         loop = asyncio.get_running_loop()
         for b in self.buckets:
@@ -99,7 +113,12 @@ class Engine:
             seq = tk.prefix + [tk.pad_id] * fill + tk.suffix
             for n in (1, 2):
                 await loop.run_in_executor(self._core_pool, self.forward, [seq] * n, b)
-        self._loop_task = loop.create_task(self._batch_loop(), name=f"{self.name}-batcher")
+            n = self.batcher.capacity(b)
+            _, took_s = await loop.run_in_executor(
+                self._core_pool, self._timed_forward, [seq] * n, b
+            )
+            self.batcher.service.observe(b, n, took_s)
+        self._loop_task = loop.create_task(self._supervised_loop(), name=f"{self.name}-batcher")
         self.ready = True
 
     async def stop(self) -> None:
@@ -114,11 +133,17 @@ class Engine:
 
     # -- the entry point: pre -> batcher -> core -> post -----------------------------------
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
+        """Scores for ``texts``. ``timeout_s``: the caller's deadline (e.g. gRPC's), capped
+        at ``MODSERVE_REQUEST_TIMEOUT_S``: no client can hold the model longer than that."""
         if not self.ready:
             raise NotReady(f"Model {self.name!r} is still loading; retry shortly.")
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        deadline = loop.time() + (timeout_s or self.settings.request_timeout_s)
+        budget_s = min(timeout_s or math.inf, self.settings.request_timeout_s)
+        deadline = loop.time() + budget_s
+        # Cheapest check first: one sequence per input in the smallest bucket is a lower
+        # bound on the cost; if even that would wait too long, answer 429 before tokenizing.
+        self.batcher.check([self.buckets[0]] * len(texts), budget_s)
         chunks = await self._pre(texts)
         t1 = time.perf_counter()
         scored = await self._batched(chunks, deadline)
@@ -130,12 +155,24 @@ class Engine:
         return result
 
     async def _pre(self, texts: list[str]) -> list[Chunk]:
-        """Tokenize and cut into model-window chunks, on the tokenizer thread."""
-        loop = asyncio.get_running_loop()
+        """Tokenize and cut into model-window chunks: small requests at once on the event
+        loop, large ones on the tokenizer thread while its backlog is within bounds
+        (``admission.TokenizerGate``: else 429 before any tokenizing)."""
+        chars = sum(len(t) for t in texts)
+        limit = self.settings.max_input_tokens
         try:
-            return await loop.run_in_executor(
-                self._pre_pool, self.tokenizer.chunk_texts, texts, self.settings.max_input_tokens
-            )
+            if self.tokenizer_gate.inline(chars):
+                return self.tokenizer.chunk_texts(texts, limit)
+            self.tokenizer_gate.enter(chars)
+            took_s: float | None = None
+            try:
+                loop = asyncio.get_running_loop()
+                chunks, took_s = await loop.run_in_executor(
+                    self._pre_pool, self._timed_chunks, texts, limit
+                )
+                return chunks
+            finally:
+                self.tokenizer_gate.leave(chars, took_s)
         except TextTooLongError as e:
             raise InvalidRequest(
                 f"{e} (MODSERVE_MAX_INPUT_TOKENS).",
@@ -143,12 +180,34 @@ class Engine:
                 code="string_above_max_length",
             ) from None
 
+    def _timed_chunks(self, texts: list[str], limit: int) -> tuple[list[Chunk], float]:
+        t0 = time.perf_counter()
+        chunks = self.tokenizer.chunk_texts(texts, limit)
+        return chunks, time.perf_counter() - t0
+
     async def _batched(self, chunks: list[Chunk], deadline: float) -> list[ScoredSequence]:
-        """Queue every chunk in its length bucket; the batch loop runs them on the core."""
+        """Queue every chunk in its length bucket; the batch loop runs them on the core.
+
+        The batcher answers every future (result, error, or deadline), and the batch loop is
+        supervised; the wait is still bounded (deadline + ``LAST_RESORT_GRACE_S``) so that no
+        admitted request can hang whatever goes wrong."""
         seqs = [(c.ids, bucket_for(len(c.ids), self.buckets)) for c in chunks]
         futures = self.batcher.submit(seqs, deadline)
         self._update_queue_gauges()
-        return list(await asyncio.gather(*futures))
+        gathered = asyncio.gather(*futures)
+        gathered.add_done_callback(_retrieve)  # cancelled halfway: no "never retrieved" noise
+        left_s = deadline - asyncio.get_running_loop().time() + LAST_RESORT_GRACE_S
+        try:
+            return list(await asyncio.wait_for(gathered, left_s))
+        except TimeoutError:
+            log.error("a request outlived its deadline by %.0f s; answering 504",
+                      LAST_RESORT_GRACE_S)  # fmt: skip
+            raise DeadlineExceeded(
+                "The request's deadline passed before it was answered (MODSERVE_REQUEST_TIMEOUT_S)."
+            ) from None
+        finally:
+            for f in futures:  # anything still queued is dropped before the model
+                f.cancel()
 
     def _post(
         self, texts: list[str], chunks: list[Chunk], scored: list[ScoredSequence]
@@ -167,6 +226,21 @@ class Engine:
         return ClassifyResult(self.name, self.categories, scores, self.post.flags(scores), timings)
 
     # -- batch loop and core ----------------------------------------------------------------
+    async def _supervised_loop(self) -> None:
+        """``_batch_loop``, restarted if it ever fails: the requests queued at that moment
+        get a 500 in their envelope (never a hang), later ones are served as usual."""
+        while True:
+            try:
+                await self._batch_loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.exception("the batch loop failed; failing its queued requests, restarting")
+                self.metrics.request_failures.labels("batch_loop").inc()
+                self.batcher.fail_all(InferenceFailed(f"Internal batching error: {e}"[:200]))
+                self._update_queue_gauges()
+                await asyncio.sleep(0)
+
     async def _batch_loop(self) -> None:
         slots = asyncio.Semaphore(self.core_workers + READY_AHEAD)
         while True:
@@ -182,25 +256,32 @@ class Engine:
             task.add_done_callback(self._inflight.discard)
 
     async def _run_batch(self, batch: Batch, slots: asyncio.Semaphore) -> None:
+        """Run ``batch`` on a core thread and answer every future in it, whatever happens
+        (all-or-nothing: an error reaches every request of the batch)."""
         loop = asyncio.get_running_loop()
+        infer_s: float | None = None
         try:
-            out, infer_s = await loop.run_in_executor(
+            out, took_s = await loop.run_in_executor(
                 self._core_pool, self._timed_forward, [s.ids for s in batch.items], batch.bucket
             )
-        except Exception as e:  # all-or-nothing: every request of the batch gets the error
-            log.exception("inference failed for a batch of %d", len(batch.items))
+            infer_s = took_s
+            self.batcher.complete(
+                batch,
+                [
+                    ScoredSequence(out[i], batch.cut_at - s.enqueued, took_s)
+                    for i, s in enumerate(batch.items)
+                ],
+            )
+            self._record_batch(batch, took_s)
+        except BaseException as e:
+            if not isinstance(e, asyncio.CancelledError):
+                log.exception("inference failed for a batch of %d", len(batch.items))
             self.batcher.fail(batch, InferenceFailed(f"Inference failed: {type(e).__name__}."))
-            return
+            if not isinstance(e, Exception):
+                raise
         finally:
+            self.batcher.done(batch, infer_s)
             slots.release()
-        self._record_batch(batch, infer_s)
-        self.batcher.complete(
-            batch,
-            [
-                ScoredSequence(out[i], batch.cut_at - s.enqueued, infer_s)
-                for i, s in enumerate(batch.items)
-            ],
-        )
 
     def _timed_forward(self, seqs: list[list[int]], bucket: int) -> tuple[np.ndarray, float]:
         """Core thread: ``forward`` and its duration, timed here so that the time a batch

@@ -14,7 +14,7 @@ from serving.engine.engine import Engine
 from serving.engine.ensemble import EnsembleEngine, plan_models
 from serving.engine.metrics import Metrics
 from serving.engine.types import Classifier
-from serving.errors import ModelNotFound, NotReady
+from serving.errors import ModelNotFound, NotReady, clip
 from serving.model.cpu_layout import apply_cpu_layout
 from serving.model.load import load_model
 
@@ -106,15 +106,15 @@ def resolve_engine(
         engine = engines[name]
         if version not in (None, "", engine.version):
             raise ModelNotFound(
-                f"Model {engine.name!r} has no version {version!r}; served version: "
+                f"Model {engine.name!r} has no version {clip(version)}; served version: "
                 f"{engine.version!r}.",
                 param="model_version",
             )
         return engine
     expected = set(expected)
     if name in expected:
-        raise NotReady(f"Model {name!r} is still loading; retry shortly.")
+        raise NotReady(f"Model {clip(name)} is still loading; retry shortly.")
     known = sorted([*expected, *OPENAI_MODEL_ALIASES])
     raise ModelNotFound(
-        f"The model '{requested}' does not exist. Served models: {known}.", param="model"
+        f"The model {clip(requested)} does not exist. Served models: {known}.", param="model"
     )

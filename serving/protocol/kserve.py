@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from serving import __version__
-from serving.errors import InvalidRequest
+from serving.errors import InvalidRequest, clip, clip_all
 from serving.protocol.limits import check_texts
 
 INPUT = "TEXT"
@@ -61,17 +61,18 @@ def check_text_input(
     extra = sorted(set(inputs_seen) - {INPUT})
     if extra:
         raise InvalidRequest(
-            f"Unknown input tensor(s) {extra}; the only input is {INPUT!r}.", param="inputs"
+            f"Unknown input tensor(s) {clip_all(extra)}; the only input is {INPUT!r}.",
+            param="inputs",
         )
     if name != INPUT:
         raise InvalidRequest(f"Missing input tensor {INPUT!r} (BYTES, shape [n]).", param="inputs")
     if datatype != "BYTES":
         raise InvalidRequest(
-            f"Input {INPUT!r} must have datatype BYTES, not {datatype!r}.", param=INPUT
+            f"Input {INPUT!r} must have datatype BYTES, not {clip(datatype)}.", param=INPUT
         )
     if len(shape) != 1 or shape[0] < 0:
         raise InvalidRequest(
-            f"Input {INPUT!r} must have shape [n] (one text per row), not {list(shape)}.",
+            f"Input {INPUT!r} must have shape [n] (one text per row), not {clip(list(shape))}.",
             param=INPUT,
         )
     return int(shape[0])
@@ -82,7 +83,8 @@ def check_outputs(requested: Sequence[str]) -> list[str]:
     unknown = sorted(set(requested) - set(OUTPUTS))
     if unknown:
         raise InvalidRequest(
-            f"Unknown output tensor(s) {unknown}; outputs are {list(OUTPUTS)}.", param="outputs"
+            f"Unknown output tensor(s) {clip_all(unknown)}; outputs are {list(OUTPUTS)}.",
+            param="outputs",
         )
     return list(requested) or list(OUTPUTS)
 

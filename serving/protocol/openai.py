@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.categories import BY_WIRE
-from serving.errors import InvalidRequest
+from serving.errors import InvalidRequest, clip, clip_all
 from serving.protocol.limits import check_texts
 
 
@@ -55,7 +55,8 @@ def parse_request(body: Any, max_inputs: int, max_chars: int) -> tuple[list[str]
     unknown = sorted(set(body) - {"input", "model"})
     if unknown:
         raise InvalidRequest(
-            f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0]
+            f"Unrecognized request argument supplied: {clip_all(unknown)}",
+            param=clip(unknown[0]).strip("'\""),
         )
     model = body.get("model")
     if model is not None and not isinstance(model, str):
@@ -93,7 +94,7 @@ def _item_text(item: Any, i: int) -> str:
                 code="image_input_not_supported",
             )
         raise InvalidRequest(
-            f"input[{i}].type must be 'text' (got {kind!r}).", param=f"input[{i}].type"
+            f"input[{i}].type must be 'text' (got {clip(kind)}).", param=f"input[{i}].type"
         )
     raise InvalidRequest(
         f"input[{i}] must be a string or a content part object, not {type(item).__name__}.",

@@ -58,8 +58,8 @@ class ServicerBase:
             code = STATUS_BY_HTTP.get(exc.status, grpc.StatusCode.INTERNAL)
             message, kind = exc.message, type(exc).__name__
             trailer = [("modserve-error-code", exc.code)] if exc.code else []
-            if exc.retryable:
-                trailer.append(("retry-after", str(self.settings.retry_after_s)))
+            if (retry := exc.retry_after(self.settings.retry_after_s)) is not None:
+                trailer.append(("retry-after", str(retry)))
         else:
             log.error("unexpected error in a gRPC call", exc_info=exc)
             code, message, kind = (

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from serving.engine.batcher import TokenBudgetBatcher
-from serving.errors import DeadlineExceeded, Overloaded
+from serving.errors import DeadlineExceeded, Overloaded, RequestTooExpensive
 
 BUCKETS = [16, 32, 64]
 FOREVER = 3600.0
@@ -142,3 +142,54 @@ async def test_fail_all_answers_every_waiting_request():
 def test_rejects_budget_smaller_than_largest_bucket():
     with pytest.raises(ValueError, match="largest bucket"):
         TokenBudgetBatcher(BUCKETS, 32, 8, 1.0, 1000)
+
+
+async def test_a_small_request_is_served_after_one_batch_of_a_large_one():
+    b = make(max_batch_tokens=64, wait_ms=0)  # bucket 16: 4 per batch
+    big = b.submit([seq(3, 16) for _ in range(40)], deadline())
+    (small,) = b.submit([seq(20, 32)], deadline())
+    first, second = await b.next_batch(), await b.next_batch()
+    assert [s.future in big for s in first.items] == [True] * 4
+    assert [s.future for s in second.items] == [small]  # not after the other 36
+
+
+async def test_requests_sharing_a_bucket_share_each_batch():
+    b = make(max_batch_tokens=64, wait_ms=0)
+    a = b.submit([seq(3, 16) for _ in range(10)], deadline())
+    c = b.submit([seq(3, 16) for _ in range(2)], deadline())
+    batch = await b.next_batch()
+    owners = ["a" if s.future in a else "c" if s.future in c else "?" for s in batch.items]
+    assert sorted(owners) == ["a", "a", "c", "c"]
+
+
+async def test_admission_by_predicted_wait():
+    b = TokenBudgetBatcher(BUCKETS, 64, 100, 0, 10_000, max_queue_wait_s=1.0)
+    b.service.observe(16, 4, 0.4)  # 4 sequences of 16 in 0.4 s: 0.1 s per sequence
+    assert b.service.seq_s(16) == pytest.approx(0.1)
+    loop = asyncio.get_running_loop()
+    with pytest.raises(RequestTooExpensive, match="MODSERVE_REQUEST_TIMEOUT_S"):
+        b.submit([seq(3, 16) for _ in range(40)], loop.time() + 3.0)  # 4 s > 3 s, even idle
+    big = b.submit([seq(3, 16) for _ in range(25)], loop.time() + 30.0)  # 2.5 s, idle: in
+    b.submit([seq(3, 16)], loop.time() + 30.0)  # waits min(2.5, 0.1) s: fair share, in
+    with pytest.raises(Overloaded) as err:  # would share 2.6 s of queued work: over 1 s
+        b.submit([seq(3, 16) for _ in range(20)], loop.time() + 30.0)
+    assert err.value.retry_after(9) == 2  # predicted excess wait, rounded up
+    batch = await b.next_batch()
+    assert b.queued_sequences == 26 - len(batch.items)
+    b.done(batch, 0.4)
+    for f in big:
+        f.cancel()
+
+
+async def test_cancelled_request_gives_its_share_back():
+    b = TokenBudgetBatcher(BUCKETS, 64, 100, 0, 10_000, max_queue_wait_s=1.0)
+    b.service.observe(16, 4, 0.4)
+    loop = asyncio.get_running_loop()
+    first = b.submit([seq(3, 16) for _ in range(20)], loop.time() + 30.0)
+    with pytest.raises(Overloaded):
+        b.submit([seq(3, 16) for _ in range(20)], loop.time() + 30.0)
+    for f in first:
+        f.cancel()
+    b._prune(loop.time())
+    assert b.queued_requests == 0 and b.queued_tokens == 0
+    b.submit([seq(3, 16) for _ in range(20)], loop.time() + 30.0)  # admitted now
