@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import uvicorn
 from fastapi import FastAPI
 
+from serving.api.connection_limits import guarded_protocol
 from serving.api.http import Lifespan, create_http_app
 from serving.config import Settings
 from serving.engine.metrics import Metrics
@@ -37,11 +38,15 @@ log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def models_loading(registry: Registry) -> AsyncIterator[None]:
+async def models_loading(
+    registry: Registry, on_failure: Callable[[], None] | None = None
+) -> AsyncIterator[None]:
     """Load the registry's models in the background for the duration of the block.
 
-    A failure is kept in ``registry.load_error`` (readiness reports it; the process stays up
-    so that the reason can be read), and the engines are stopped when the block ends.
+    A failure is kept in ``registry.load_error``: ``/health``, ``/ready`` and every model
+    route answer 503 with the cause and no Retry-After (it is permanent), and ``on_failure``
+    is called (the single-process server exits non-zero). The engines are stopped when the
+    block ends.
     """
 
     async def load() -> None:
@@ -49,7 +54,9 @@ async def models_loading(registry: Registry) -> AsyncIterator[None]:
             await registry.start()
         except Exception as e:
             registry.load_error = registry.load_error or f"{type(e).__name__}: {e}"
-            log.exception("model loading failed")
+            log.error("model loading failed: %s", registry.load_error, exc_info=e)
+            if on_failure is not None:
+                on_failure()
 
     task = asyncio.create_task(load())
     try:
@@ -61,9 +68,11 @@ async def models_loading(registry: Registry) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def models_and_grpc(registry: Registry) -> AsyncIterator[None]:
+async def models_and_grpc(
+    registry: Registry, on_failure: Callable[[], None] | None = None
+) -> AsyncIterator[None]:
     """Everything but HTTP: the models loading, and the gRPC server beside them."""
-    async with models_loading(registry), grpc_serving(registry.settings, registry):
+    async with models_loading(registry, on_failure), grpc_serving(registry.settings, registry):
         yield
 
 
@@ -89,8 +98,10 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-async def serve(settings: Settings) -> None:
-    """Run the single-process server until SIGINT / SIGTERM."""
+async def serve(settings: Settings) -> int:
+    """Run the single-process server until SIGINT / SIGTERM (exit status 0), or until a
+    model fails to load (1: the cause is logged; a supervisor sees a crash, not a live
+    process that can never serve)."""
     registry = ModelRegistry(settings, Metrics())
     http = _HttpServer(
         uvicorn.Config(
@@ -100,14 +111,16 @@ async def serve(settings: Settings) -> None:
             log_level=settings.log_level,
             access_log=False,
             lifespan="off",
+            http=guarded_protocol(settings),
         )
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, http.handle_exit, sig, None)
-    async with models_and_grpc(registry):
+    async with models_and_grpc(registry, on_failure=lambda: http.handle_exit(signal.SIGTERM, None)):
         await http.serve()
+    return 1 if registry.load_error else 0
 
 
-def run(settings: Settings) -> None:
-    asyncio.run(serve(settings))
+def run(settings: Settings) -> int:
+    return asyncio.run(serve(settings))

@@ -60,8 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.ray:
         return serve_on_ray(settings)
-    run(settings)
-    return 0
+    return run(settings)
 
 
 def serve_on_ray(settings: Any) -> int:

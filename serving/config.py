@@ -131,6 +131,34 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 429 and 503.")
 
+    # --- connection limits (what a hostile or broken client can hold) -------------------------
+    http_max_header_bytes: int = Field(
+        65536, ge=1024, description="Request line + headers, in bytes; beyond it 431."
+    )
+    http_max_headers: int = Field(100, ge=8, description="Header fields per request; beyond 431.")
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time for a request line + headers to arrive (from the connection or the "
+        "request's first byte); beyond it 408 and the connection closes (slowloris).",
+    )
+    http_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Time for a whole request body to arrive after its headers; beyond it 408. "
+        "Raise for very slow client links.",
+    )
+    http_max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open HTTP connections; a new one beyond it gets 503 and is closed.",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        1024,
+        ge=1,
+        description="gRPC calls in progress at once; beyond it RESOURCE_EXHAUSTED at once.",
+    )
+
     # --- security & ops ------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Static bearer keys (comma separated); empty = no auth."

@@ -132,7 +132,9 @@ class RemoteRegistry:
         self, requested: str | None, version: str | None = None
     ) -> RemoteEngine | EnsembleEngine:
         expected = [*self.deployments, *self.ensembles]
-        return resolve_engine(requested, self.default, self.engines, expected, version)
+        return resolve_engine(
+            requested, self.default, self.engines, expected, version, self.load_error
+        )
 
 
 def deployment_name(model: str) -> str:

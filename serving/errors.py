@@ -125,6 +125,14 @@ class ClientClosedRequest(ModerationError):
     code = "client_closed_request"
 
 
+class ModelLoadFailed(ModerationError):
+    """The model could not be loaded: permanent until an operator acts (no Retry-After)."""
+
+    status = 503
+    type = "server_error"
+    code = "model_load_failed"
+
+
 class InferenceFailed(ModerationError):
     status = 500
     type = "server_error"

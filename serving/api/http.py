@@ -23,7 +23,13 @@ from serving import __version__
 from serving.api.kserve import KSERVE_PREFIX, kserve_router
 from serving.api.openai import openai_router
 from serving.engine.types import Registry
-from serving.errors import ClientClosedRequest, ModerationError, NotReady, clip
+from serving.errors import (
+    ClientClosedRequest,
+    ModelLoadFailed,
+    ModerationError,
+    NotReady,
+    clip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +78,19 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
         metrics.request_failures.labels("internal").inc()
         return error_response(request, ModerationError(f"Internal error: {type(exc).__name__}."))
 
-    @app.get("/health", summary="Liveness: the process answers")
+    @app.get("/health", summary="Liveness: the process answers and its models did not fail")
     async def health() -> dict[str, str]:
+        if registry.load_error:  # permanent: restart with a fixed configuration
+            raise ModelLoadFailed(f"The model failed to load: {registry.load_error}")
         return {"status": "ok"}
 
     @app.get("/ready", summary="Readiness: every model loaded and warmed")
     async def ready() -> Response:
-        if registry.ready:
-            return JSONResponse({"status": "ready", "models": list(registry.engines)})
-        raise NotReady(registry.load_error or "Models are loading and warming up.")
+        if registry.ready:  # no model names: this route is open (probes); /v1/models is not
+            return JSONResponse({"status": "ready"})
+        if registry.load_error:
+            raise ModelLoadFailed(f"The model failed to load: {registry.load_error}")
+        raise NotReady("Models are loading and warming up.")
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from serving.api.auth import require_api_key
 from serving.api.body import parse_json, read_body, until_disconnect
 from serving.engine.types import Registry
-from serving.errors import InvalidRequest, NotReady, clip
+from serving.errors import InvalidRequest, ModelLoadFailed, NotReady, clip
 from serving.protocol import kserve
 
 KSERVE_PREFIX = "/v2"
@@ -32,9 +32,7 @@ def kserve_router(reg: Registry) -> APIRouter:
     router = APIRouter(prefix=KSERVE_PREFIX, tags=["KServe v2"])
     keyed = [Depends(require_api_key(settings.api_keys))]
 
-    def route(
-        method: str, suffix: str, summary: str, needs_key: bool = True
-    ) -> Callable[[Handler], Handler]:
+    def route(method: str, suffix: str, summary: str) -> Callable[[Handler], Handler]:
         """Register ``fn`` on /models/{name}<suffix> and /models/{name}/versions/{v}<suffix>."""
 
         def deco(fn: Handler) -> Handler:
@@ -50,7 +48,7 @@ def kserve_router(reg: Registry) -> APIRouter:
                     endpoint,
                     methods=[method],
                     summary=summary,
-                    dependencies=keyed if needs_key else None,
+                    dependencies=keyed,  # every per-model route: model names are not public
                 )
             return fn
 
@@ -68,7 +66,9 @@ def kserve_router(reg: Registry) -> APIRouter:
     async def ready() -> Response:
         if reg.ready:
             return JSONResponse({"ready": True})
-        raise NotReady(reg.load_error or "Models are loading and warming up.")
+        if reg.load_error:
+            raise ModelLoadFailed(f"The model failed to load: {reg.load_error}")
+        raise NotReady("Models are loading and warming up.")
 
     @route("GET", "", "Model metadata (column names in parameters.categories)")
     async def metadata(request: Request, name: str, version: str) -> Response:
@@ -77,7 +77,7 @@ def kserve_router(reg: Registry) -> APIRouter:
         body["parameters"] = {"categories": list(engine.categories)}
         return JSONResponse(body)
 
-    @route("GET", "/ready", "Model readiness", needs_key=False)
+    @route("GET", "/ready", "Model readiness")
     async def model_ready(request: Request, name: str, version: str) -> Response:
         engine = reg.resolve(name, version)
         if not engine.ready:

@@ -14,7 +14,7 @@ from serving.engine.engine import Engine
 from serving.engine.ensemble import EnsembleEngine, plan_models
 from serving.engine.metrics import Metrics
 from serving.engine.types import Classifier
-from serving.errors import ModelNotFound, NotReady, clip
+from serving.errors import ModelLoadFailed, ModelNotFound, NotReady, clip
 from serving.model.cpu_layout import apply_cpu_layout
 from serving.model.load import load_model
 
@@ -85,7 +85,9 @@ class ModelRegistry:
     def resolve(self, requested: str | None, version: str | None = None) -> Engine | EnsembleEngine:
         """Map a request's ``model`` (None, OpenAI alias, or folder name) to its engine."""
         expected = [*self.settings.model_names(), *self.engines]
-        return resolve_engine(requested, self.default, self.engines, expected, version)
+        return resolve_engine(
+            requested, self.default, self.engines, expected, version, self.load_error
+        )
 
 
 def resolve_engine(
@@ -94,11 +96,13 @@ def resolve_engine(
     engines: Mapping[str, C],
     expected: Iterable[str],
     version: str | None = None,
+    load_error: str | None = None,
 ) -> C:
     """The engine for a request's ``model``: None and the OpenAI names mean ``default``.
 
-    A configured model that is not loaded yet answers 503 (retry); anything else 404, as
-    does a ``version`` other than the one served (empty = the one served).
+    A configured model that is not loaded yet answers 503 (retry), or 503 with the cause
+    and no retry if loading failed (``load_error``); anything else 404, as does a
+    ``version`` other than the one served (empty = the one served).
     """
     name = default if requested in (None, "", *OPENAI_MODEL_ALIASES) else requested
     assert name is not None
@@ -112,6 +116,8 @@ def resolve_engine(
             )
         return engine
     expected = set(expected)
+    if name in expected and load_error:
+        raise ModelLoadFailed(f"The model failed to load: {load_error}")
     if name in expected:
         raise NotReady(f"Model {clip(name)} is still loading; retry shortly.")
     known = sorted([*expected, *OPENAI_MODEL_ALIASES])

@@ -40,6 +40,10 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
         try:
+            self.check_auth(context)  # like every per-model call: model names are not public
+        except Exception as e:
+            await self.fail(context, e)
+        try:
             engine = self.registry.resolve(request.name, request.version)
         except ModerationError:
             return pb.ModelReadyResponse(ready=False)
@@ -103,12 +107,13 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
         """Names and versions only (counters live in /metrics); perf_analyzer asks for it."""
-        engines = list(self.registry.engines.values())
-        if request.name:
-            try:
+        try:
+            self.check_auth(context)
+            engines = list(self.registry.engines.values())
+            if request.name:
                 engines = [self.registry.resolve(request.name)]
-            except Exception as e:
-                await self.fail(context, e)
+        except Exception as e:
+            await self.fail(context, e)
         return pb.ModelStatisticsResponse(
             model_stats=[pb.ModelStatistics(name=e.name, version=e.version) for e in engines]
         )

@@ -7,7 +7,9 @@
 
 The composition root (serving/app.py) runs it beside the HTTP server, in the same event
 loop and over the same registry: ``grpc_serving(settings, registry)``. Largest
-message in or out: ``MODSERVE_MAX_REQUEST_BODY_BYTES``.
+message in or out: ``MODSERVE_MAX_REQUEST_BODY_BYTES``; calls in progress at once:
+``MODSERVE_GRPC_MAX_CONCURRENT_RPCS`` (beyond it RESOURCE_EXHAUSTED); a request that is not
+valid protobuf gets INVALID_ARGUMENT (``rpc/interceptors.py``).
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from tritonclient.grpc import service_pb2_grpc
 
 from serving.config import Settings
 from serving.engine.types import Registry
+from serving.rpc.interceptors import MalformedRequestInterceptor
 from serving.rpc.kserve import KServeServicer
 
 log = logging.getLogger(__name__)
 
 KSERVE_SERVICE_NAME = "inference.GRPCInferenceService"
 SHUTDOWN_GRACE_S = 5.0
+METADATA_BYTES = 16384  # headers + metadata per call (gRPC's default soft limit is 8 KiB)
+IDLE_CONNECTION_MS = 300_000  # connections with no call for this long are closed
 READY_POLL_S = 0.1
 
 
@@ -39,10 +44,15 @@ def build_server(settings: Settings, registry: Registry) -> tuple[Any, Any, list
 
     limit = settings.max_request_body_bytes
     server = grpc.aio.server(
+        interceptors=[MalformedRequestInterceptor()],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-        ]
+            ("grpc.so_reuseport", 0),  # a second server on a busy port fails to start
+            ("grpc.max_metadata_size", METADATA_BYTES),
+            ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+        ],
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(registry), server)
     grpc_moderation.add_to_server(grpc_moderation.ModerationServicer(registry), server)

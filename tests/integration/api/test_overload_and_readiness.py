@@ -46,23 +46,30 @@ async def test_not_ready_is_503(tiny_repo: Path):
         assert r.json()["error"]["code"] == "not_ready"
 
 
-def test_missing_model_dir_keeps_503_with_reason(tmp_path: Path):
+def test_a_model_that_cannot_load_stops_the_server_with_its_cause(tmp_path: Path):
     s = ServerProcess(tmp_path, model="absent")
     try:
-        for _ in range(200):
-            try:
-                r = httpx.get(s.base + "/ready", timeout=2)
-                if "not found" in r.text:
-                    break
-            except httpx.HTTPError:
-                pass
-            import time
-
-            time.sleep(0.1)
-        assert r.status_code == 503
-        assert "absent" in r.json()["error"]["message"]
+        assert s.proc.wait(timeout=60) == 1  # a supervisor sees a crash, not a live process
+        log = s.output()
+        assert "model loading failed" in log and "absent" in log and "not found" in log
     finally:
         s.stop()
+
+
+async def test_a_failed_load_is_503_with_its_cause_and_no_retry_after(tiny_repo: Path):
+    """Where the process stays up (a Ray ingress), every route says why, without inviting
+    retries of a permanent failure."""
+    async with unloaded_app_client(tiny_repo) as c:
+        registry = c._transport.app.state.registry  # type: ignore[attr-defined]
+        registry.load_error = "CUDA requested but no GPU"
+        for r in (
+            await c.get("/health"),
+            await c.get("/ready"),
+            await c.post("/v1/moderations", json={"input": "x"}),
+        ):
+            assert r.status_code == 503 and "Retry-After" not in r.headers
+            assert r.json()["error"]["code"] == "model_load_failed"
+            assert "CUDA requested but no GPU" in r.json()["error"]["message"]
 
 
 def test_client_that_hangs_up_is_dropped_before_the_model(tiny_repo: Path):

@@ -1,0 +1,104 @@
+"""A request that is not valid protobuf gets INVALID_ARGUMENT, on every gRPC method.
+
+grpc answers a request its deserializer cannot parse with UNKNOWN and a Python class name.
+This interceptor wraps each method's deserializer so that a parse failure becomes a marker,
+and the method itself then ends the call with INVALID_ARGUMENT and a clear message (for
+streaming requests, at the first malformed message).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+MESSAGE = "The request is not a valid protobuf message for this method."
+
+
+class _Malformed:
+    """What the wrapped deserializer returns for bytes it cannot parse."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _safe(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception:
+            return _MALFORMED
+
+    return parse
+
+
+async def _checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+    async for r in requests:
+        if r is _MALFORMED:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MESSAGE)
+        yield r
+
+
+def _unary_request(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def run(request: Any, context: Any) -> Any:
+        if request is _MALFORMED:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MESSAGE)
+        return await behavior(request, context)
+
+    return run
+
+
+def _unary_request_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behavior):  # writes with context.write (health Watch)
+        return _unary_request(behavior)
+
+    async def run(request: Any, context: Any) -> AsyncIterator[Any]:
+        if request is _MALFORMED:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MESSAGE)
+        async for r in behavior(request, context):
+            yield r
+
+    return run
+
+
+def _stream_request(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    # grpc tells generator handlers from coroutine ones by the function: keep its kind
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            async for r in behavior(_checked(requests, context), context):
+                yield r
+
+        return stream
+
+    async def run(requests: AsyncIterator[Any], context: Any) -> Any:
+        return await behavior(_checked(requests, context), context)
+
+    return run
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not hasattr(handler, "_replace"):
+            return handler
+        h: Any = handler
+        changes: dict[str, Any] = {"request_deserializer": _safe(h.request_deserializer)}
+        if h.unary_unary is not None:
+            changes["unary_unary"] = _unary_request(h.unary_unary)
+        elif h.unary_stream is not None:
+            changes["unary_stream"] = _unary_request_stream(h.unary_stream)
+        elif h.stream_unary is not None:
+            changes["stream_unary"] = _stream_request(h.stream_unary)
+        elif h.stream_stream is not None:
+            changes["stream_stream"] = _stream_request(h.stream_stream)
+        return h._replace(**changes)
