@@ -68,6 +68,15 @@ class Settings(BaseSettings):
         ge=0,
         description="torch threads per CPU worker; 0 = an equal share of the cores.",
     )
+    core_thread_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="CPU priority given up by the threads that run the model (Linux nice, "
+        "per thread), so that request handling (parsing, admission, fast 429s) is never "
+        "starved by model work on a full machine; 0 = same priority. Model throughput is "
+        "unchanged while requests are few.",
+    )
     cpu_workers: int = Field(
         2,
         ge=1,

@@ -3,7 +3,10 @@
 The server knows what its queue will cost. ``ServiceModel`` keeps, per length bucket, the
 measured time of a full batch (seeded at warm-up, then an EWMA over real batches that are at
 least half full), so one queued sequence costs ``batch_s / (capacity x core workers)``
-seconds of this machine's model time: whatever the hardware, CPU or GPU, fp32 or int8.
+seconds of this machine's model time: whatever the hardware, CPU or GPU, fp32 or int8. What
+batch times miss (request handling and tokenizing on the same cores, other processes) is
+measured too: while the queue never runs dry, the wall time it takes to drain a predicted
+second of work (``slowdown``, >= 1) scales every prediction below.
 
 The batcher serves requests fairly (``serving/engine/batcher.py``), so a new request shares
 the model with the ones already queued: it waits for at most ``min(remaining_j, own)`` of
@@ -29,6 +32,7 @@ from collections.abc import Callable, Iterable
 from serving.errors import Overloaded, RequestTooExpensive
 
 EWMA_ALPHA = 0.2  # weight of the newest batch in the per-bucket batch time
+MAX_SLOWDOWN = 10.0  # the most the measured drain rate may lag the model-time estimate
 INLINE_TOKENIZE_CHARS = 8192  # requests up to this many characters skip the tokenizer queue
 TOKENIZE_CHARS_PER_S = 2_000_000.0  # tokenizer speed before the first measurement
 
@@ -41,6 +45,9 @@ class ServiceModel:
         self.capacity = capacity
         self.workers = max(1, workers)
         self._batch_s: dict[int, float] = {}
+        # Wall seconds per predicted model second while the queue never ran dry: what the
+        # batch times miss (request handling, tokenizing, other processes on the cores).
+        self.slowdown = 1.0
 
     def observe(self, bucket: int, n: int, seconds: float) -> None:
         """A batch of ``n`` sequences of ``bucket`` took ``seconds``. Batches under half full
@@ -53,6 +60,12 @@ class ServiceModel:
             self._batch_s[bucket] = full_s
         elif 2 * n >= cap:
             self._batch_s[bucket] = (1 - EWMA_ALPHA) * old + EWMA_ALPHA * full_s
+
+    def observe_drain(self, predicted_s: float, wall_s: float) -> None:
+        """``predicted_s`` of queued work was done in ``wall_s`` of saturated operation."""
+        if predicted_s > 0:
+            ratio = min(MAX_SLOWDOWN, max(1.0, wall_s / predicted_s))
+            self.slowdown = (1 - EWMA_ALPHA) * self.slowdown + EWMA_ALPHA * ratio
 
     def seq_s(self, bucket: int) -> float:
         """Seconds of model time one sequence of ``bucket`` costs under load (0 = unknown:

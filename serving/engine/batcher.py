@@ -36,6 +36,8 @@ from typing import Any
 from serving.engine.admission import ServiceModel, check_admission
 from serving.errors import DeadlineExceeded, Overloaded
 
+DRAIN_WINDOW_S = 1.0  # saturated wall time over which the drain rate is measured
+
 
 @dataclass(eq=False)
 class Ticket:
@@ -109,6 +111,8 @@ class TokenBudgetBatcher:
         self._order = itertools.count()
         self._vtime = 0.0  # tag of the request served last
         self._running_s = 0.0  # predicted seconds of batches cut and not yet done
+        self._drain_since: float | None = None  # start of the current saturated window
+        self._drained_s = 0.0  # predicted seconds finished since then
         self._queued_tokens = 0
         self._queued_seqs = 0
         self._wakeup = asyncio.Event()
@@ -147,10 +151,11 @@ class TokenBudgetBatcher:
     def check(self, buckets: list[int], budget_s: float) -> None:
         """Would a request of sequences of ``buckets`` be admitted now? Raise if not
         (``admission.check_admission``); ``submit`` runs the same check."""
+        k = self.service.slowdown
         check_admission(
-            self.predicted_s(buckets),
-            (t.remaining_s for t in self._tickets),
-            self._running_s,
+            k * self.predicted_s(buckets),
+            (k * t.remaining_s for t in self._tickets),
+            k * self._running_s,
             budget_s,
             self.max_queue_wait_s,
             self.service.tokens_per_s(),
@@ -271,6 +276,7 @@ class TokenBudgetBatcher:
             self._prune(now)
             bucket = self._next_bucket()
             if bucket is None:
+                self._drain_since = None  # ran dry: the next window starts under load
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -289,6 +295,15 @@ class TokenBudgetBatcher:
         self._running_s = max(0.0, self._running_s - batch.cost_s)
         if seconds is not None:
             self.service.observe(batch.bucket, len(batch.items), seconds)
+        now = asyncio.get_running_loop().time()
+        if self._drain_since is None:
+            if self._tickets:  # saturated from here on, until the queue runs dry
+                self._drain_since, self._drained_s = now, 0.0
+            return
+        self._drained_s += batch.cost_s
+        if now - self._drain_since >= DRAIN_WINDOW_S:
+            self.service.observe_drain(self._drained_s, now - self._drain_since)
+            self._drain_since, self._drained_s = now, 0.0
 
     @staticmethod
     def complete(batch: Batch, results: list[Any]) -> None:

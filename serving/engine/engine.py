@@ -11,8 +11,11 @@ back. Nothing here knows about HTTP, gRPC or Ray.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +55,16 @@ class ScoredSequence:
     inference_s: float  # its batch's forward pass
 
 
+def _yield_to_serving(nice: int) -> None:
+    """Core thread start-up: lower this thread's CPU priority by ``nice`` (Linux, per
+    thread), so that the event loop, which parses requests and answers 429s, is never
+    starved by model work when the cores are full. The loop uses little CPU, so the model
+    loses nothing while the loop is idle."""
+    if nice and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):  # not permitted here: normal priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 def _retrieve(f: asyncio.Future[Any]) -> None:
     if not f.cancelled():
         f.exception()
@@ -87,7 +100,10 @@ class Engine:
         self._pre_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-pre")
         self.core_workers = core_workers
         self._core_pool = ThreadPoolExecutor(
-            self.core_workers, thread_name_prefix=f"{self.name}-core"
+            self.core_workers,
+            thread_name_prefix=f"{self.name}-core",
+            initializer=_yield_to_serving,
+            initargs=(settings.core_thread_nice,),
         )
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -113,11 +129,14 @@ class Engine:
             seq = tk.prefix + [tk.pad_id] * fill + tk.suffix
             for n in (1, 2):
                 await loop.run_in_executor(self._core_pool, self.forward, [seq] * n, b)
-            n = self.batcher.capacity(b)
-            _, took_s = await loop.run_in_executor(
-                self._core_pool, self._timed_forward, [seq] * n, b
+            n = self.batcher.capacity(b)  # every core thread at once: speed under load
+            runs = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._core_pool, self._timed_forward, [seq] * n, b)
+                    for _ in range(self.core_workers)
+                )
             )
-            self.batcher.service.observe(b, n, took_s)
+            self.batcher.service.observe(b, n, max(took_s for _, took_s in runs))
         self._loop_task = loop.create_task(self._supervised_loop(), name=f"{self.name}-batcher")
         self.ready = True
 
