@@ -123,4 +123,9 @@ async def serve(settings: Settings) -> int:
 
 
 def run(settings: Settings) -> int:
-    return asyncio.run(serve(settings))
+    """``serve``; a port that cannot be bound is a one-line error and exit status 1."""
+    try:
+        return asyncio.run(serve(settings))
+    except OSError as e:
+        log.error("%s", e)
+        return 1

@@ -78,6 +78,8 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
         metrics.request_failures.labels("internal").inc()
         return error_response(request, ModerationError(f"Internal error: {type(exc).__name__}."))
 
+    _document_bearer_auth(app)
+
     @app.get("/health", summary="Liveness: the process answers and its models did not fail")
     async def health() -> dict[str, str]:
         if registry.load_error:  # permanent: restart with a fixed configuration
@@ -97,6 +99,35 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready")
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """The OpenAPI spec says which routes take ``Authorization: Bearer <key>`` (every route
+    but the open probes and metrics; enforced only when MODSERVE_API_KEYS is set)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = build()
+        spec.setdefault("components", {})["securitySchemes"] = {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "One of MODSERVE_API_KEYS (no key needed when it is unset).",
+            }
+        }
+        for path, ops in spec.get("paths", {}).items():
+            if path not in OPEN_PATHS:
+                for op in ops.values():
+                    op["security"] = [{"bearerAuth": []}]
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def log_error(request: Request, err: ModerationError) -> None:

@@ -18,6 +18,7 @@ from serving.api.body import read_json, until_disconnect
 from serving.config import OPENAI_MODEL_ALIASES
 from serving.engine.types import Registry
 from serving.protocol.openai import (
+    ERROR_RESPONSES,
     ModerationRequest,
     ModerationResponse,
     build_response,
@@ -82,7 +83,7 @@ def openai_router(registry: Registry) -> APIRouter:
             methods=["POST"],
             summary="Classify text for moderation",
             response_model=None,
-            responses={200: {"model": ModerationResponse}},
+            responses={200: {"model": ModerationResponse}, **ERROR_RESPONSES},
             openapi_extra={
                 "requestBody": {
                     "required": True,
@@ -92,7 +93,11 @@ def openai_router(registry: Registry) -> APIRouter:
             include_in_schema=path == MODERATION_PATHS[0],
         )
 
-    @router.get("/v1/models", summary="List served models (OpenAI list format)")
+    @router.get(
+        "/v1/models",
+        summary="List served models (OpenAI list format)",
+        responses={401: ERROR_RESPONSES[401]},
+    )
     async def list_models() -> dict[str, Any]:
         engines = registry.engines
         ids = [*engines, *OPENAI_MODEL_ALIASES] if engines else []

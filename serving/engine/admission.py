@@ -16,7 +16,11 @@ each queued request ``j`` (processor sharing), plus the batches already cut.
 * the request alone needs more model time than its deadline allows -> ``RequestTooExpensive``
   (413: it can never succeed; split it), whatever the load;
 * the predicted wait for others exceeds ``MODSERVE_MAX_QUEUE_WAIT_S``, or wait + own time
-  exceeds the deadline -> ``Overloaded`` (429) with a Retry-After of the predicted excess;
+  exceeds the deadline -> ``Overloaded`` (429) with a Retry-After of the predicted excess.
+
+Predicted waits are checked against the waits requests then really had (``wait_error``:
+batch boundaries, length buckets and the scheduler's order are not in the model), so the
+bound holds as measured, not only as modelled.
 * otherwise it is admitted. An idle server admits every request that fits its deadline.
 
 ``TokenizerGate`` does the same for the tokenizer thread, before a request is tokenized:
@@ -33,6 +37,8 @@ from serving.errors import Overloaded, RequestTooExpensive
 
 EWMA_ALPHA = 0.2  # weight of the newest batch in the per-bucket batch time
 MAX_SLOWDOWN = 10.0  # the most the measured drain rate may lag the model-time estimate
+MIN_WAIT_ERROR = 0.5  # predictions may be halved at most when requests wait less
+WAIT_SAMPLE = 20  # finished requests (that had to wait) per update of wait_error
 INLINE_TOKENIZE_CHARS = 8192  # requests up to this many characters skip the tokenizer queue
 TOKENIZE_CHARS_PER_S = 2_000_000.0  # tokenizer speed before the first measurement
 
@@ -48,6 +54,11 @@ class ServiceModel:
         # Wall seconds per predicted model second while the queue never ran dry: what the
         # batch times miss (request handling, tokenizing, other processes on the cores).
         self.slowdown = 1.0
+        # Measured / predicted time that finished requests waited for queued work: what the
+        # queue model misses (batch boundaries, buckets, the scheduler's order). It scales
+        # the queued share of a prediction (the batches on the cores are timed directly).
+        self.wait_error = 1.0
+        self._waits = [0.0, 0.0, 0]  # predicted, measured, requests since the last update
 
     def observe(self, bucket: int, n: int, seconds: float) -> None:
         """A batch of ``n`` sequences of ``bucket`` took ``seconds``. Batches under half full
@@ -66,6 +77,18 @@ class ServiceModel:
         if predicted_s > 0:
             ratio = min(MAX_SLOWDOWN, max(1.0, wall_s / predicted_s))
             self.slowdown = (1 - EWMA_ALPHA) * self.slowdown + EWMA_ALPHA * ratio
+
+    def observe_wait(self, predicted_s: float, measured_s: float) -> None:
+        """A finished request was predicted to wait ``predicted_s`` and waited
+        ``measured_s``; every ``WAIT_SAMPLE`` such requests move ``wait_error``."""
+        w = self._waits
+        w[0] += predicted_s
+        w[1] += measured_s
+        w[2] += 1
+        if w[2] >= WAIT_SAMPLE and w[0] > 0:
+            ratio = min(MAX_SLOWDOWN, max(MIN_WAIT_ERROR, w[1] / w[0]))
+            self.wait_error = (1 - EWMA_ALPHA) * self.wait_error + EWMA_ALPHA * ratio
+            self._waits = [0.0, 0.0, 0]
 
     def seq_s(self, bucket: int) -> float:
         """Seconds of model time one sequence of ``bucket`` costs under load (0 = unknown:
@@ -115,16 +138,26 @@ def check_admission(
         )
     queued = list(queued_s)
     if not queued and running_s <= 0:
-        return
-    wait_s = running_s + sum(min(r, own_s) for r in queued)
+        return  # idle: whatever fits the deadline
+    wait_s = predicted_wait_s(own_s, queued, running_s)
     if wait_s > max_wait_s or wait_s + own_s > budget_s:
         retry = max(1, math.ceil(round(wait_s - max_wait_s, 3)))
         raise Overloaded(
             f"The server is busy: this request would wait about {wait_s:.1f} s for the model "
-            f"(limit {max_wait_s:g} s, MODSERVE_MAX_QUEUE_WAIT_S); retry after "
-            f"{retry} s.",
+            f"(limit {max_wait_s:g} s, MODSERVE_MAX_QUEUE_WAIT_S); retry after {retry} s.",
             retry_after_s=retry,
         )
+
+
+def predicted_wait_s(own_s: float, queued_s: Iterable[float], running_s: float) -> float:
+    """Fair sharing: the batches on the cores, then ``min(remaining_j, own)`` of each
+    queued request ``j``."""
+    return running_s + queued_share_s(own_s, queued_s)
+
+
+def queued_share_s(own_s: float, queued_s: Iterable[float]) -> float:
+    """``min(remaining_j, own)`` summed over the queued requests ``j``."""
+    return sum(min(r, own_s) for r in queued_s)
 
 
 class TokenizerGate:

@@ -33,10 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.engine.admission import ServiceModel, check_admission
+from serving.engine.admission import ServiceModel, check_admission, queued_share_s
 from serving.errors import DeadlineExceeded, Overloaded
 
 DRAIN_WINDOW_S = 1.0  # saturated wall time over which the drain rate is measured
+MIN_SAMPLED_WAIT_S = 0.02  # shorter predicted waits are too noisy to check the model by
 
 
 @dataclass(eq=False)
@@ -47,6 +48,10 @@ class Ticket:
     tag: float  # model seconds served so far, on the batcher's virtual clock
     queued: int = 0  # sequences still waiting
     remaining_s: float = 0.0  # their predicted model seconds
+    running: int = 0  # sequences in batches on the cores
+    arrived: float = 0.0  # loop time of submit
+    own_s: float = 0.0  # predicted seconds of its own work + the batches on the cores
+    share_s: float = 0.0  # predicted wait for queued work at admission (before wait_error)
 
 
 @dataclass(eq=False)
@@ -148,33 +153,41 @@ class TokenBudgetBatcher:
         """Predicted model seconds of sequences of these buckets."""
         return sum(self.service.seq_s(b) for b in buckets)
 
-    def check(self, buckets: list[int], budget_s: float) -> None:
+    def check(self, buckets: list[int], budget_s: float) -> tuple[float, float, float]:
         """Would a request of sequences of ``buckets`` be admitted now? Raise if not
-        (``admission.check_admission``); ``submit`` runs the same check."""
+        (``admission.check_admission``), else return its predicted seconds: (own work,
+        batches on the cores, share of the queued work before ``wait_error``); ``submit``
+        runs the same check."""
         k = self.service.slowdown
+        e = self.service.wait_error  # what the queue model misses, measured
+        own_s = k * self.predicted_s(buckets)
+        queued = [k * t.remaining_s for t in self._tickets]
         check_admission(
-            k * self.predicted_s(buckets),
-            (k * t.remaining_s for t in self._tickets),
+            own_s,
+            [e * q for q in queued],
             k * self._running_s,
             budget_s,
             self.max_queue_wait_s,
             self.service.tokens_per_s(),
             sum(buckets),
         )
+        return own_s, k * self._running_s, queued_share_s(own_s, queued)
 
     def submit(self, seqs: list[tuple[list[int], int]], deadline: float) -> list[asyncio.Future]:
         """Queue (ids, bucket) pairs of one request atomically, or raise (admission)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         buckets = [b for _, b in seqs]
-        self.check(buckets, deadline - now)
+        own_s, running_s, share_s = self.check(buckets, deadline - now)
         cost = sum(buckets)
         if self._queued_tokens + cost > self.max_queue_tokens and self._queued_seqs > 0:
             raise Overloaded(
                 f"The server queue is full ({self._queued_tokens} of {self.max_queue_tokens} "
                 "tokens waiting, MODSERVE_MAX_QUEUE_TOKENS); retry after the Retry-After delay."
             )
-        ticket = Ticket(next(self._order), self._vtime)
+        ticket = Ticket(
+            next(self._order), self._vtime, arrived=now, own_s=own_s + running_s, share_s=share_s
+        )
         futures = []
         for ids, bucket in seqs:
             fut: asyncio.Future[Any] = loop.create_future()
@@ -260,6 +273,7 @@ class TokenBudgetBatcher:
         while heap and len(items) < cap:
             _, _, t = heapq.heappop(heap)
             s = self._take(bucket, t)
+            t.running += 1
             t.tag += s.cost_s or bucket  # tokens stand in for seconds until measured
             items.append(s)
             if t in per_ticket:
@@ -296,6 +310,11 @@ class TokenBudgetBatcher:
         if seconds is not None:
             self.service.observe(batch.bucket, len(batch.items), seconds)
         now = asyncio.get_running_loop().time()
+        for s in batch.items:
+            t = s.ticket
+            t.running -= 1
+            if t.running == 0 and t.queued == 0 and t.share_s >= MIN_SAMPLED_WAIT_S:
+                self.service.observe_wait(t.share_s, max(0.0, now - t.arrived - t.own_s))
         if self._drain_since is None:
             if self._tickets:  # saturated from here on, until the queue runs dry
                 self._drain_since, self._drained_s = now, 0.0

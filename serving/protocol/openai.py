@@ -10,7 +10,7 @@ and keep the categories in canonical order.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,10 +28,45 @@ class TextPart(BaseModel):
 class ModerationRequest(BaseModel):
     """Body of ``POST /v1/moderations``."""
 
-    input: str | list[str] | list[TextPart] = Field(
+    model_config = ConfigDict(extra="forbid")  # unknown arguments are a 400
+
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[TextPart], Field(min_length=1)]
+    ) = Field(
         description="A string, an array of strings, or an array of {type: text} content parts."
     )
     model: str | None = Field(None, description="A model_repo name or an OpenAI model name.")
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope, the body of every non-200 answer under ``/v1``."""
+
+    error: ErrorBody
+
+
+_ERRORS = {
+    400: "Malformed JSON, invalid UTF-8, wrong types, empty or too many inputs, a text over "
+    "the character or token limit, unknown arguments, image parts.",
+    401: "MODSERVE_API_KEYS is set and the bearer key is missing or wrong.",
+    404: "Unknown model.",
+    413: "Body over MODSERVE_MAX_REQUEST_BODY_BYTES, or a request that needs more model time "
+    "than its deadline allows even on an idle server (split it).",
+    429: "Busy: the predicted wait is over MODSERVE_MAX_QUEUE_WAIT_S. Retry-After says when.",
+    503: "Model loading (Retry-After), or failed to load (no Retry-After; the message says why).",
+    504: "The request's deadline passed before it reached the model.",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in _ERRORS.items()
+}
 
 
 class ModerationResult(BaseModel):

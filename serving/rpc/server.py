@@ -82,7 +82,12 @@ async def grpc_serving(settings: Settings, registry: Registry) -> AsyncIterator[
         return
     server, health_servicer, services = build_server(settings, registry)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    try:
+        server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    except RuntimeError as e:  # grpc's "Failed to bind": another process holds the port
+        raise OSError(
+            f"cannot listen for gRPC on {host}:{settings.grpc_port} (MODSERVE_GRPC_PORT): {e}"
+        ) from None
     await _set_health(health_servicer, services, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     log.info("gRPC listening on %s:%d", host, settings.grpc_port)
