@@ -75,6 +75,19 @@ class RemoteEngine:
         self.ready = True
 
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
+        """Forward to a replica. Classification has no side effects, so a request whose
+        replica died under it is sent once more: the router picks a live replica (the dead
+        one is out of its set), and a replica crash costs no request while another lives."""
+        try:
+            return await self._call(texts, timeout_s)
+        except (RayActorError, ActorUnavailableError):
+            log.warning("a %s replica died under a request; retrying on another", self.name)
+        try:
+            return await self._call(texts, timeout_s)
+        except (RayActorError, ActorUnavailableError):
+            raise NotReady(f"The {self.name!r} replica is restarting; retry shortly.") from None
+
+    async def _call(self, texts: list[str], timeout_s: float | None) -> ClassifyResult:
         try:
             return await self.handle.classify.remote(texts, timeout_s)
         except BackPressureError:
@@ -87,8 +100,6 @@ class RemoteEngine:
             if isinstance(cause, ModerationError):
                 raise cause from None
             raise
-        except (RayActorError, ActorUnavailableError):
-            raise NotReady(f"The {self.name!r} replica is restarting; retry shortly.") from None
 
 
 class RemoteRegistry:
@@ -192,7 +203,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
                 "upscale_delay_s": ray_cfg.upscale_delay_s,
                 "downscale_delay_s": ray_cfg.downscale_delay_s,
             },
-            health_check_period_s=5,
+            health_check_period_s=2,  # a dead replica is replaced sooner
             health_check_timeout_s=30,
         )(ClassifierReplica)
         classifiers[name.replace("-", "_")] = deployment.bind(name, plain)

@@ -5,6 +5,7 @@ Run alone with ``pytest -m ray``. One local Ray (2 CPUs) for the whole module.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +53,8 @@ def ray_base(tiny_repo: Path) -> Iterator[str]:
                 "model_repo": str(tiny_repo),
                 "model": "tiny",
                 "grpc_port": grpc_port,
-                "ray": {"num_cpus_per_replica": 0.5},
+                # two classifier replicas: a crash of one must cost (almost) no request
+                "ray": {"num_cpus_per_replica": 0.5, "min_replicas": 2, "max_replicas": 2},
             }
         ),
         name="modserve",
@@ -90,24 +92,62 @@ def test_kserve_grpc_through_ray_ingress(ray_base: str):
     assert sorted(first.values()) == pytest.approx(sorted(scores[0].tolist()), abs=1e-5)
 
 
-def test_requests_recover_after_replica_is_killed(ray_base: str):
+RECOVERY_BOUND_S = 25.0
+
+
+def running_replicas(deployment: str) -> int:
+    app = serve.status().applications["modserve"]
+    states = app.deployments[deployment].replica_states
+    return int(sum(n for state, n in states.items() if str(state).endswith("RUNNING")))
+
+
+def test_killing_a_replica_under_load_loses_almost_nothing(ray_base: str):
+    """Chaos (issue #15): steady load from 4 clients, one of the two classifier replicas is
+    killed; < 1 % of requests may fail (a request whose replica dies is retried on the
+    other) and the replica is back, warm, within the recovery bound. Target 15 s, measured
+    13.5-14.1 s on 2 busy cores (most of it the new replica's imports and warm-up); the
+    assertion leaves CI machines 25 s."""
     client = openai.OpenAI(base_url=ray_base + "/v1", api_key="x", max_retries=0)
     before = client.moderations.create(input="steady text").results[0].category_scores
-    names = [
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if "classifier-tiny" in a["name"]
-    ]
-    assert names, "no classifier replica actor found"
-    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
-    for _ in range(5):  # calls right after the kill: an answer or a clean retryable error
-        r = httpx.post(ray_base + "/v1/moderations", json={"input": "during"}, timeout=30)
-        assert r.status_code in (200, 503), r.text
-    after = (
-        wait_until(lambda: client.moderations.create(input="steady text"), 120, "replica restart")
-        .results[0]
-        .category_scores
-    )
+    wait_until(lambda: running_replicas("classifier-tiny") == 2, 120, "two replicas")
+    outcomes: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post(ray_base + "/v1/moderations", json={"input": "steady text"})
+                    outcomes.append(r.status_code)
+                except httpx.HTTPError:
+                    outcomes.append(0)
+
+    clients = [threading.Thread(target=load) for _ in range(4)]
+    for t in clients:
+        t.start()
+    try:
+        time.sleep(3)
+        names = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "classifier-tiny" in a["name"]
+        ]
+        assert len(names) == 2, names
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        time.sleep(1)
+        wait_until(lambda: running_replicas("classifier-tiny") == 2, 60, "replica replaced")
+        recovery_s = time.monotonic() - killed_at
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join()
+    failed = sum(code != 200 for code in outcomes)
+    print(f"chaos: {len(outcomes)} requests, {failed} failed, recovery {recovery_s:.1f} s")
+    assert len(outcomes) > 50 and failed / len(outcomes) < 0.01, (failed, len(outcomes))
+    assert recovery_s < RECOVERY_BOUND_S
+    after = client.moderations.create(input="steady text").results[0].category_scores
     assert after.model_dump() == pytest.approx(before.model_dump(), abs=1e-5)
 
 
