@@ -10,7 +10,9 @@ Against one modserve server (started here from ``--model-dir``, or ``--url``):
    answers within ``--normal-ms``: the time to recover;
 4. starvation (``--starvation``): one maximal request that fits the deadline (256 inputs of
    ~200 words) while another client sends a short text every 200 ms; and the request of
-   issue #15 (256 inputs of 2,000 words), which must be refused at once (413).
+   issue #15 (256 inputs of 2,000 words), which must be refused at once (413);
+0. soak (``--soak-s N``, before the burst): the mix at 0.6x capacity for N s, the server's
+   RSS and open file descriptors sampled every 5 s (by hand: ``--soak-s 1800``).
 
 Targets (issue #15; printed as pass/fail and kept in the JSON): admitted requests p99 < 2 s,
 429s answered within 50 ms (p99), no 504 for an admitted request, recovery < 3 s.
@@ -45,6 +47,8 @@ TARGET_REJECT_P99_S = 0.05
 TARGET_RECOVERY_S = 3.0
 CLIENT_TIMEOUT_S = 60.0
 PATH = "/v1/moderations"
+SOAK_SAMPLE_S = 5.0
+SOAK_LOAD = 0.6  # soak at this share of the measured capacity
 
 
 @dataclass
@@ -218,6 +222,57 @@ async def starvation(base: str, seconds_between: float = 0.2) -> dict[str, Any]:
     }
 
 
+def process_usage(pid: int) -> tuple[float, int]:
+    """(resident MiB, open file descriptors) of process ``pid`` (Linux /proc)."""
+    rss_kib = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kib = int(line.split()[1])
+    return rss_kib / 1024, len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+async def soak(
+    base: str, pid: int, requests: list[Request], rate_rps: float, seconds: float
+) -> dict[str, Any]:
+    """Mixed load at ``rate_rps`` (open loop) for ``seconds``, with the server's RSS and
+    file descriptors sampled every ``SOAK_SAMPLE_S``: both must stay flat."""
+    usage: list[tuple[float, float, int]] = []
+    t0 = time.perf_counter()
+    c, rng, i = RawHttp(base), random.Random(2), 0
+    statuses: Counter[int] = Counter()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(req: Request) -> None:
+        statuses[(await c.post(PATH, req.body))[0]] += 1
+
+    next_sample = t0
+    while (now := time.perf_counter()) - t0 < seconds:
+        if now >= next_sample:
+            usage.append((round(now - t0, 1), *process_usage(pid)))
+            next_sample += SOAK_SAMPLE_S
+        task = asyncio.create_task(one(requests[i % len(requests)]))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        i += 1
+        await asyncio.sleep(rng.expovariate(rate_rps))
+    await asyncio.gather(*tasks)
+    await c.aclose()
+    usage.append((round(time.perf_counter() - t0, 1), *process_usage(pid)))
+    warm = [u for u in usage if u[0] >= seconds * 0.2] or usage  # after the first fifth
+    return {
+        "seconds": seconds,
+        "offered_rps": round(rate_rps, 1),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "rss_mib": {
+            "first": round(warm[0][1], 1),
+            "last": round(warm[-1][1], 1),
+            "max": round(max(u[1] for u in warm), 1),
+        },
+        "fds": {"first": warm[0][2], "last": warm[-1][2], "max": max(u[2] for u in warm)},
+        "samples": usage,
+    }
+
+
 def summarize(samples: list[Sample], recovery_s: float | None) -> dict[str, Any]:
     """Status counts, admitted latency, rejection latency and the targets' verdicts."""
     by = Counter(s.status for s in samples)
@@ -255,9 +310,12 @@ async def run(
     clients: int,
     normal_s: float,
     with_starvation: bool,
+    soak_s: float = 0.0,
+    pid: int | None = None,
 ) -> dict[str, Any]:
     requests = make_requests(2000, seed=0)
     cap = await capacity(base, requests, clients, capacity_s)
+    soaked = await soak(base, pid, requests, cap * SOAK_LOAD, soak_s) if soak_s and pid else None
     samples, rec = await burst(base, requests, cap * multiple, duration_s, normal_s)
     out: dict[str, Any] = {
         "capacity_rps": round(cap, 1),
@@ -269,6 +327,8 @@ async def run(
     }
     if with_starvation:
         out["starvation"] = await starvation(base)
+    if soaked is not None:
+        out["soak"] = soaked
     return out
 
 
@@ -294,6 +354,15 @@ def table(res: dict[str, Any]) -> str:
             ("small requests beside it p50 / p99",
              f"{st['small_requests']['p50_s']} / {st['small_requests']['p99_s']} s "
              f"({st['small_requests']['statuses']})"),
+        ]  # fmt: skip
+    if "soak" in res:
+        so = res["soak"]
+        rows += [
+            ("soak", f"{so['seconds']:.0f} s at {so['offered_rps']} req/s: {so['statuses']}"),
+            ("soak RSS first / last / max", f"{so['rss_mib']['first']} / {so['rss_mib']['last']}"
+                                            f" / {so['rss_mib']['max']} MiB"),
+            ("soak fds first / last / max", f"{so['fds']['first']} / {so['fds']['last']} / "
+                                            f"{so['fds']['max']}"),
         ]  # fmt: skip
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
@@ -345,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=32, help="closed-loop clients (capacity)")
     p.add_argument("--normal-ms", type=float, default=500.0, help="recovered: answer within")
     p.add_argument("--starvation", action="store_true", help="also the starvation phase")
+    p.add_argument(
+        "--soak-s",
+        type=float,
+        default=0.0,
+        help="first a soak of this many seconds at 0.6x capacity (RSS, fds)",
+    )
+    p.add_argument("--pid", type=int, help="the --url server's pid (for --soak-s)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     return p
 
@@ -353,13 +429,13 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     gc.freeze()  # no full collection of the imports mid-measurement (client-side stalls)
     server = None
-    base = a.url
+    base, pid = a.url, a.pid
     if base is None:
         from benchmarks.servers import start_server
 
         server = start_server("modserve", a.model_dir)
         server.wait_ready()
-        base = server.base_url
+        base, pid = server.base_url, server.pid
     try:
         res = asyncio.run(
             run(
@@ -370,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                 a.clients,
                 a.normal_ms / 1000,
                 a.starvation,
+                a.soak_s,
+                pid,
             )
         )
     finally:
