@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving import __version__
 from serving.api.kserve import KSERVE_PREFIX, kserve_router
 from serving.api.openai import openai_router
+from serving.api.request_id import RequestIdMiddleware, request_id
 from serving.engine.types import Registry
 from serving.errors import (
     ClientClosedRequest,
@@ -46,6 +47,7 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
         description="OpenAI-compatible moderation classifier server.",
     )
     app.state.registry = registry
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(openai_router(registry))
     app.include_router(kserve_router(registry))
 
@@ -142,5 +144,6 @@ def log_error(request: Request, err: ModerationError) -> None:
     else:
         level = logging.WARNING if err.status == 504 else logging.ERROR
     if log.isEnabledFor(level):
-        log.log(level, "%s %s -> %d %s: %s", request.method, clip(request.url.path),
-                err.status, err.code or err.type, clip(err.message, 300))  # fmt: skip
+        log.log(level, "%s %s -> %d %s: %s [%s]", request.method, clip(request.url.path),
+                err.status, err.code or err.type, clip(err.message, 300),
+                request_id(request.scope))  # fmt: skip

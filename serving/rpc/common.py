@@ -69,5 +69,8 @@ class ServicerBase:
             )
             trailer = []
         self.metrics.request_failures.labels(kind).inc()
+        rid = dict(context.trailing_metadata() or ()).get("x-request-id")
+        if rid:  # abort replaces the trailing metadata: keep the request id in it
+            trailer.append(("x-request-id", rid))
         await context.abort(code, message, trailing_metadata=tuple(trailer))
         raise AssertionError("unreachable: context.abort raises")

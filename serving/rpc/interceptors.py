@@ -1,4 +1,5 @@
-"""A request that is not valid protobuf gets INVALID_ARGUMENT, on every gRPC method.
+"""Every gRPC method: a request that is not valid protobuf gets INVALID_ARGUMENT, and the
+answer carries ``x-request-id`` trailing metadata (the client's, else a new one).
 
 grpc answers a request its deserializer cannot parse with UNKNOWN and a Python class name.
 This interceptor wraps each method's deserializer so that a parse failure becomes a marker,
@@ -14,7 +15,10 @@ from typing import Any
 
 import grpc
 
+from serving.protocol.request_id import choose
+
 MESSAGE = "The request is not a valid protobuf message for this method."
+RID = "x-request-id"
 
 
 class _Malformed:
@@ -44,8 +48,17 @@ async def _checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[
         yield r
 
 
+def tag_request_id(context: Any) -> str:
+    """Choose this call's request id and set it as trailing metadata; returns it."""
+    sent = dict(context.invocation_metadata() or ()).get(RID)
+    rid = choose(sent.encode() if isinstance(sent, str) else sent)
+    context.set_trailing_metadata(((RID, rid),))
+    return rid
+
+
 def _unary_request(behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def run(request: Any, context: Any) -> Any:
+        tag_request_id(context)
         if request is _MALFORMED:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MESSAGE)
         return await behavior(request, context)
@@ -58,6 +71,7 @@ def _unary_request_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
         return _unary_request(behavior)
 
     async def run(request: Any, context: Any) -> AsyncIterator[Any]:
+        tag_request_id(context)
         if request is _MALFORMED:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MESSAGE)
         async for r in behavior(request, context):
@@ -71,12 +85,14 @@ def _stream_request(behavior: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            tag_request_id(context)
             async for r in behavior(_checked(requests, context), context):
                 yield r
 
         return stream
 
     async def run(requests: AsyncIterator[Any], context: Any) -> Any:
+        tag_request_id(context)
         return await behavior(_checked(requests, context), context)
 
     return run
