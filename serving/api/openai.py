@@ -19,10 +19,13 @@ from serving.config import OPENAI_MODEL_ALIASES
 from serving.engine.types import Registry
 from serving.protocol.openai import (
     ERROR_RESPONSES,
+    UNSCORED,
     ModerationRequest,
     ModerationResponse,
     build_response,
+    echoed_model,
     parse_request,
+    unscored_categories,
 )
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,11 @@ def openai_router(registry: Registry) -> APIRouter:
         metrics.requests.labels(engine.name).inc()
         result = await until_disconnect(request, engine.classify(texts))
         payload = build_response(
-            engine.name, result.categories, result.scores, result.flags, result.extras
+            echoed_model(requested, engine.name),
+            result.categories,
+            result.scores,
+            result.flags,
+            result.extras,
         )
         t = result.timings
         metrics.request_duration.labels(engine.name).observe(time.perf_counter() - t0)
@@ -74,6 +81,8 @@ def openai_router(registry: Registry) -> APIRouter:
             "x-compute-characters": str(t.characters),
             "x-model": engine.name,
         }
+        if unscored := unscored_categories(result.categories):
+            headers["x-unscored-categories"] = ",".join(unscored)
         return JSONResponse(payload, headers=headers)
 
     for path in MODERATION_PATHS:
@@ -100,12 +109,22 @@ def openai_router(registry: Registry) -> APIRouter:
     )
     async def list_models() -> dict[str, Any]:
         engines = registry.engines
-        ids = [*engines, *OPENAI_MODEL_ALIASES] if engines else []
+        default = engines.get(registry.settings.model)
+        served = [(m, e) for m, e in engines.items()]
+        if default is not None:
+            served += [(alias, default) for alias in OPENAI_MODEL_ALIASES]
         return {
             "object": "list",
             "data": [
-                {"id": m, "object": "model", "created": registry.created, "owned_by": "modserve"}
-                for m in ids
+                {
+                    "id": m,
+                    "object": "model",
+                    "created": registry.created,
+                    "owned_by": "modserve",
+                    "categories": list(e.categories),
+                    UNSCORED: unscored_categories(e.categories),
+                }
+                for m, e in served
             ],
         }
 

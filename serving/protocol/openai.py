@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.categories import BY_WIRE
+from serving.categories import BY_WIRE, WIRE_NAMES
 from serving.errors import InvalidRequest, clip, clip_all
 from serving.protocol.limits import check_texts
 
@@ -141,28 +141,75 @@ def new_id() -> str:
     return "modr-" + uuid.uuid4().hex
 
 
+UNSCORED = "unscored_categories"  # per result: categories the model has no score for
+# What OpenAI's API echoes in ``model`` for the aliases clients send; any other request
+# (a model_repo name, or none) gets the served model's own name.
+ECHOED_MODEL = {
+    "omni-moderation-latest": "omni-moderation-latest",
+    "omni-moderation-2024-09-26": "omni-moderation-2024-09-26",
+    "text-moderation-latest": "text-moderation-007",
+    "text-moderation-stable": "text-moderation-007",
+}
+
+
+def echoed_model(requested: str | None, served: str) -> str:
+    """The response's ``model`` for a request that asked for ``requested``."""
+    return ECHOED_MODEL.get(requested or "", served)
+
+
+def unscored_categories(categories: list[str]) -> list[str]:
+    """The OpenAI categories a model serving ``categories`` has no score for."""
+    have = set(categories)
+    return [w for w in WIRE_NAMES if w not in have]
+
+
+def full_taxonomy(
+    categories: list[str], scores: np.ndarray, flags: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Every OpenAI category (13, canonical order), as OpenAI answers and its SDK expects.
+
+    A category the model does not score gets score 0.0 and flag false, and is named in the
+    returned list (``unscored_categories`` in each result, ``x-unscored-categories`` in the
+    headers, ``/v1/models``), so that a 0 there never reads as "safe"."""
+    col = {w: j for j, w in enumerate(categories)}
+    unscored = unscored_categories(categories)
+    if not unscored:
+        return list(categories), scores, flags, []
+    n = scores.shape[0]
+    full_s = np.zeros((n, len(WIRE_NAMES)), dtype=np.float32)
+    full_f = np.zeros((n, len(WIRE_NAMES)), dtype=bool)
+    for j, w in enumerate(WIRE_NAMES):
+        if w in col:
+            full_s[:, j] = scores[:, col[w]]
+            full_f[:, j] = flags[:, col[w]]
+    return list(WIRE_NAMES), full_s, full_f, unscored
+
+
 def build_results(
     categories: list[str],
     scores: np.ndarray,
     flags: np.ndarray,
     extras: dict[str, list[Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """(N, C) scores/flags in ``categories`` order -> OpenAI ``results`` list.
+    """(N, C) scores/flags in ``categories`` order -> OpenAI ``results`` list, over every
+    OpenAI category (``full_taxonomy``).
 
     ``extras`` adds per-input fields after the OpenAI ones (e.g. an ensemble's
     ``model_agreement``); clients that do not know them ignore them.
     """
+    categories, scores, flags, unscored = full_taxonomy(categories, scores, flags)
     applied = {w: list(BY_WIRE[w].input_types) for w in categories}
     out = []
     for row_s, row_f in zip(scores.tolist(), flags.tolist(), strict=True):
-        out.append(
-            {
-                "flagged": bool(any(row_f)),
-                "categories": dict(zip(categories, (bool(f) for f in row_f), strict=True)),
-                "category_scores": dict(zip(categories, row_s, strict=True)),
-                "category_applied_input_types": applied,
-            }
-        )
+        result: dict[str, Any] = {
+            "flagged": bool(any(row_f)),
+            "categories": dict(zip(categories, (bool(f) for f in row_f), strict=True)),
+            "category_scores": dict(zip(categories, row_s, strict=True)),
+            "category_applied_input_types": applied,
+        }
+        if unscored:
+            result[UNSCORED] = unscored
+        out.append(result)
     for key, values in (extras or {}).items():
         for result, value in zip(out, values, strict=True):
             result[key] = value

@@ -52,9 +52,45 @@ def assert_result_complete(result) -> None:
 def test_openai_client_string_input(client: openai.OpenAI):
     resp = client.moderations.create(input="I love this recipe", model="omni-moderation-latest")
     assert resp.id.startswith("modr-")
-    assert resp.model == "tiny"
+    assert resp.model == "omni-moderation-latest"  # what OpenAI echoes for the alias
     assert len(resp.results) == 1
     assert_result_complete(resp.results[0])
+
+
+def test_every_openai_category_is_answered(server: ServerProcess):
+    """OpenAI answers 13 categories and its SDK requires them (``model_validate`` is
+    strict). The tiny model scores all 13 (``DEFAULT_LABELS`` has the illicit heads): no
+    unscored categories to name (``tests/unit/protocol/test_openai_taxonomy.py`` covers a
+    model without them)."""
+    from openai.types import ModerationCreateResponse
+
+    from serving.categories import WIRE_NAMES
+
+    auth = {"authorization": f"Bearer {KEY}"}
+    r = httpx.post(server.base + "/v1/moderations", json={"input": ["a", "b"]}, headers=auth)
+    body = r.json()
+    parsed = ModerationCreateResponse.model_validate(body)  # raises on a missing category
+    assert parsed.model == "tiny"  # no alias asked: the served model's own name
+    assert "x-unscored-categories" not in r.headers
+    for result in body["results"]:
+        assert list(result["category_scores"]) == list(WIRE_NAMES)
+        assert "unscored_categories" not in result
+    models = httpx.get(server.base + "/v1/models", headers=auth).json()["data"]
+    by_id = {m["id"]: m for m in models}
+    assert by_id["tiny"]["unscored_categories"] == []
+    assert by_id["omni-moderation-latest"]["categories"] == list(WIRE_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("alias", "echoed"),
+    [
+        ("omni-moderation-2024-09-26", "omni-moderation-2024-09-26"),
+        ("text-moderation-latest", "text-moderation-007"),
+        ("text-moderation-stable", "text-moderation-007"),
+    ],
+)
+def test_model_field_echoes_what_openai_echoes(client: openai.OpenAI, alias: str, echoed: str):
+    assert client.moderations.create(input="x", model=alias).model == echoed
 
 
 def test_openai_client_list_input(client: openai.OpenAI):
