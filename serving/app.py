@@ -109,7 +109,8 @@ async def serve(settings: Settings) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
-            access_log=False,
+            access_log=False,  # modserve's own (serving/api/request_id.py) has more
+            log_config=None,  # the process's logging (serving/logs.py), one format
             lifespan="off",
             http=guarded_protocol(settings),
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ _SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-batch-wait-ms", "max_batch_wait_ms", float, "max wait to fill a batch"),
     ("--api-keys", "api_keys", str, "comma-separated bearer keys [MODSERVE_API_KEYS]"),
     ("--log-level", "log_level", str, "debug | info | warning | error"),
+    ("--log-format", "log_format", str, "text | json [MODSERVE_LOG_FORMAT]"),
 ]
 
 
@@ -53,11 +53,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving.app import run
+    from serving.logs import configure_logging
 
     settings = settings_from_args(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if args.ray:
         return serve_on_ray(settings)
     return run(settings)

@@ -173,6 +173,14 @@ class Settings(BaseSettings):
         default_factory=list, description="Static bearer keys (comma separated); empty = no auth."
     )
     log_level: str = Field("info", description="debug | info | warning | error")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text | json (one object per line), for the app and uvicorn alike."
+    )
+    access_log: bool = Field(
+        True,
+        description="One INFO line per HTTP request (method, path, status, latency, request "
+        "id, model, inputs, tokens; never text) on the modserve.access logger.",
+    )
 
     _split = field_validator("extra_models", "api_keys", mode="before")(_split_csv)
 

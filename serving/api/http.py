@@ -47,7 +47,7 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
         description="OpenAI-compatible moderation classifier server.",
     )
     app.state.registry = registry
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, log_access=settings.access_log)
     app.include_router(openai_router(registry))
     app.include_router(kserve_router(registry))
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serving.api.auth import require_api_key
 from serving.api.body import parse_json, read_body, until_disconnect
+from serving.api.request_id import note_access
 from serving.engine.types import Registry
 from serving.errors import InvalidRequest, ModelLoadFailed, NotReady, clip
 from serving.protocol import kserve
@@ -117,6 +118,7 @@ def kserve_router(reg: Registry) -> APIRouter:
         wanted = parse_outputs(header)
         reg.metrics.requests.labels(engine.name).inc()
         result = await until_disconnect(request, engine.classify(texts))
+        note_access(request.scope, engine.name, len(texts), result.timings.tokens)
         arrays = kserve.output_arrays(result.scores, result.flags)
         outputs, blobs = [], []
         for out_name, binary_out in wanted:

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serving.api.auth import require_api_key
 from serving.api.body import read_json, until_disconnect
+from serving.api.request_id import note_access
 from serving.config import OPENAI_MODEL_ALIASES
 from serving.engine.types import Registry
 from serving.protocol.openai import (
@@ -71,6 +72,7 @@ def openai_router(registry: Registry) -> APIRouter:
             result.extras,
         )
         t = result.timings
+        note_access(request.scope, engine.name, len(texts), t.tokens)
         metrics.request_duration.labels(engine.name).observe(time.perf_counter() - t0)
         headers = {
             "x-compute-time": f"{t.total_s * 1000:.3f}",

@@ -1,19 +1,30 @@
-"""``x-request-id`` on every answer: the client's own (if it is a sane token), else a new
-one. HTTP: a response header (the OpenAI SDK exposes it as ``response._request_id``); gRPC:
-trailing metadata (``serving/rpc/interceptors.py``). Error log lines carry it.
+"""``x-request-id`` on every answer, and the access log line of every HTTP request.
 
-A pure ASGI middleware (no per-request task or body copy): it only reads the request's
-headers and adds one header to the response's start message.
+Request id: the client's own (if it is a sane token), else a new one. HTTP: a response
+header (the OpenAI SDK exposes it as ``response._request_id``); gRPC: trailing metadata
+(``serving/rpc/interceptors.py``). Error log lines end with it.
+
+Access log (``MODSERVE_ACCESS_LOG``, on by default): one INFO line per request on the
+``modserve.access`` logger: method, path, status, latency, request id, and what the route
+put in ``scope["state"]["access"]`` (model, inputs, tokens); never any text. In JSON format
+(``MODSERVE_LOG_FORMAT=json``) these are fields of the line's object.
+
+A pure ASGI middleware (no per-request task or body copy): it reads the request's headers,
+adds one header to the response's start message and times the response.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from serving.errors import clip
 from serving.protocol.request_id import choose
 
 HEADER = b"x-request-id"
+access_log = logging.getLogger("modserve.access")
 
 
 def request_id(scope: Mapping[str, Any]) -> str:
@@ -21,22 +32,50 @@ def request_id(scope: Mapping[str, Any]) -> str:
     return str(scope.get("state", {}).get("request_id", "-"))
 
 
+def note_access(scope: Mapping[str, Any], model: str, inputs: int, tokens: int) -> None:
+    """What a route adds to its request's access log line."""
+    scope["state"]["access"] = {"model": model, "inputs": inputs, "tokens": tokens}
+
+
 class RequestIdMiddleware:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, log_access: bool = True) -> None:
         self.app = app
+        self.log_access = log_access
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        t0 = time.perf_counter()
         sent = next((v for k, v in scope["headers"] if k == HEADER), None)
         rid = choose(sent)
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
         raw = rid.encode()
+        status = [0]
 
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (HEADER, raw)]
+                status[0] = message["status"]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.log_access and access_log.isEnabledFor(logging.INFO):
+                self._log(scope, state, rid, status[0] or 499, time.perf_counter() - t0)
+
+    @staticmethod
+    def _log(scope: dict[str, Any], state: dict[str, Any], rid: str, status: int, s: float) -> None:
+        fields = {
+            "request_id": rid,
+            "method": scope["method"],
+            "path": clip(scope["path"], 200).strip("'\""),
+            "status": status,
+            "latency_ms": round(s * 1000, 2),
+            **state.get("access", {}),
+        }
+        extra = " ".join(f"{k}={v}" for k, v in state.get("access", {}).items())
+        access_log.info("%s %s %d %.1fms %s %s", fields["method"], fields["path"], status,
+                        s * 1000, rid, extra, extra=fields)  # fmt: skip

@@ -28,6 +28,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
             "serving.errors",
             "serving.categories",
             "serving.auth",
+            "serving.logs",
             "kernels.*",
         ),
         frozenset({"base"}),

@@ -66,3 +66,39 @@ def test_grpc_trailing_metadata(server: ServerProcess):
                 timeout=10,
             )
         assert dict(e.value.trailing_metadata())["x-request-id"] == "g-2"
+
+
+def test_access_log_line_per_request_without_text(server: ServerProcess):
+    secret = "a very private sentence"
+    r = httpx.post(
+        server.base + "/v1/moderations",
+        json={"input": [secret, "two"]},
+        headers={"x-request-id": "acc-1"},
+    )
+    assert r.status_code == 200
+    lines = [ln for ln in server.output().splitlines() if "modserve.access" in ln and "acc-1" in ln]
+    assert len(lines) == 1, lines
+    assert "POST /v1/moderations 200" in lines[0] and "model=tiny inputs=2 tokens=" in lines[0]
+    assert secret not in server.output()
+
+
+def test_json_log_format_for_app_and_uvicorn(tiny_repo: Path):
+    import json
+
+    s = ServerProcess(tiny_repo, MODSERVE_LOG_FORMAT="json")
+    s.wait_ready()
+    try:
+        httpx.post(s.base + "/v1/moderations", json={"input": "x"}, headers={"x-request-id": "j-1"})
+        httpx.post(s.base + "/v1/moderations", json={"input": "x", "model": "nope"})
+        records = []
+        for line in s.output().splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+        access = [r for r in records if r.get("request_id") == "j-1"]
+        assert access and access[0]["logger"] == "modserve.access"
+        assert access[0]["status"] == 200 and access[0]["model"] == "tiny"
+        assert access[0]["inputs"] == 1 and access[0]["tokens"] > 0
+        assert any(r["logger"].startswith("uvicorn") for r in records)  # one format for all
+        assert any(r["logger"] == "serving.api.http" and r["level"] == "INFO" for r in records)
+    finally:
+        s.stop()
