@@ -39,16 +39,39 @@ _SERVE_FLAGS: list[tuple[str, str, Any, str]] = [
 
 
 def _add(p: argparse.ArgumentParser, flags: list[tuple[str, str, Any, str]]) -> None:
+    from serving.config import Settings
+
     for flag, dest, typ, help_ in flags:
-        p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+        default = Settings.model_fields[dest].default  # shown; None keeps env vars in charge
+        p.add_argument(
+            flag, dest=dest, type=typ, default=None, help=f"{help_} (default: {default})"
+        )
+
+
+class SettingsError(Exception):
+    """A setting (flag or MODSERVE_* variable) has a bad value: one line for the user."""
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
+    """Settings from the flags given (others from MODSERVE_* variables and defaults); a bad
+    value raises ``SettingsError`` naming the setting, its flag and variable, and why."""
+    from pydantic import ValidationError
+
     from serving.config import Settings
 
     names = [d for _, d, _, _ in _MODEL_FLAGS + _SERVE_FLAGS]
     overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-    return Settings(**overrides)  # Settings splits comma-separated lists itself
+    try:
+        return Settings(**overrides)  # Settings splits comma-separated lists itself
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        flag = next((f for f, d, _, _ in _MODEL_FLAGS + _SERVE_FLAGS if d == field), None)
+        where = f"--{field.replace('_', '-')} / " if flag else ""
+        raise SettingsError(
+            f"bad setting {field} ({where}MODSERVE_{field.upper()}) = {err.get('input')!r}: "
+            f"{err['msg']}"
+        ) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -129,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except SettingsError as e:
+        print(f"modserve: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

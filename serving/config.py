@@ -172,7 +172,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Static bearer keys (comma separated); empty = no auth."
     )
-    log_level: str = Field("info", description="debug | info | warning | error")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="debug | info | warning | error | critical"
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="text | json (one object per line), for the app and uvicorn alike."
     )
@@ -183,6 +185,9 @@ class Settings(BaseSettings):
     )
 
     _split = field_validator("extra_models", "api_keys", mode="before")(_split_csv)
+    _lower = field_validator("log_level", mode="before")(
+        lambda v: v.lower() if isinstance(v, str) else v
+    )
 
     def model_names(self) -> list[str]:
         return [self.model, *[m for m in self.extra_models if m != self.model]]

@@ -61,8 +61,9 @@ class ModelRegistry:
         for name in self.settings.model_names():
             if not (repo / name).is_dir():
                 self.load_error = (
-                    f"model directory {repo / name} not found; set MODSERVE_MODEL "
-                    f"or MODSERVE_MODEL_REPO"
+                    f"model directory {(repo / name).absolute()} not found; set MODSERVE_MODEL "
+                    f"or MODSERVE_MODEL_REPO (run from the directory that holds model_repo/, "
+                    f"or give its path)"
                 )
                 raise FileNotFoundError(self.load_error)
         plain, ensembles = plan_models(self.settings.model_names(), repo)
