@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from serving.protocol.limits import check_texts
-from serving.protocol.openai import new_id
+from serving.protocol.openai import echoed_model, full_taxonomy, new_id
 from serving.rpc.common import Context, ServicerBase
 
 try:
@@ -78,10 +78,12 @@ class ModerationServicer(ServicerBase, pb_grpc.ModerationServicer):
         engine = self.registry.resolve(request.model or None)
         self.metrics.requests.labels(engine.name).inc()
         result = await engine.classify(texts, timeout_s=self.time_left_s(context))
-        response = pb.ModerateResponse(id=new_id(), model=engine.name)
-        cats = result.categories
-        for row_s, row_f in zip(result.scores.tolist(), result.flags.tolist(), strict=True):
-            r = response.results.add(flagged=any(row_f))
+        response = pb.ModerateResponse(id=new_id(), model=echoed_model(request.model, engine.name))
+        cats, scores, flags, unscored = full_taxonomy(
+            result.categories, result.scores, result.flags
+        )
+        for row_s, row_f in zip(scores.tolist(), flags.tolist(), strict=True):
+            r = response.results.add(flagged=any(row_f), unscored_categories=unscored)
             r.categories.update(zip(cats, (bool(f) for f in row_f), strict=True))
             r.category_scores.update(zip(cats, row_s, strict=True))
         return response
