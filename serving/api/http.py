@@ -47,7 +47,7 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
         description="OpenAI-compatible moderation classifier server.",
     )
     app.state.registry = registry
-    app.add_middleware(RequestIdMiddleware, log_access=settings.access_log)
+    app.add_middleware(RequestIdMiddleware, log_access=settings.access_log, metrics=metrics)
     app.include_router(openai_router(registry))
     app.include_router(kserve_router(registry))
 
@@ -64,7 +64,8 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
 
     @app.exception_handler(ModerationError)
     async def _moderation_error(request: Request, exc: ModerationError) -> JSONResponse:
-        metrics.request_failures.labels(type(exc).__name__).inc()
+        if request.url.path not in OPEN_PATHS:  # a probe's 503 is an answer, not a failure
+            metrics.request_failures.labels(type(exc).__name__).inc()
         return error_response(request, exc)
 
     @app.exception_handler(StarletteHTTPException)

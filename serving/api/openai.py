@@ -7,7 +7,6 @@ Decode -> registry's classifier -> encode, nothing else; errors are raised as
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -56,7 +55,6 @@ def openai_router(registry: Registry) -> APIRouter:
     request_schema = _inline_refs(ModerationRequest.model_json_schema())
 
     async def moderations(request: Request) -> Response:
-        t0 = time.perf_counter()
         body = await read_json(request, settings.max_request_body_bytes)
         texts, requested = parse_request(
             body, settings.max_inputs_per_request, settings.max_input_chars
@@ -73,7 +71,6 @@ def openai_router(registry: Registry) -> APIRouter:
         )
         t = result.timings
         note_access(request.scope, engine.name, len(texts), t.tokens)
-        metrics.request_duration.labels(engine.name).observe(time.perf_counter() - t0)
         headers = {
             "x-compute-time": f"{t.total_s * 1000:.3f}",
             "x-tokenization-time": f"{t.tokenization_s * 1000:.3f}",

@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from serving.engine.metrics import Metrics
 from serving.errors import clip
 from serving.protocol.request_id import choose
 
@@ -37,10 +38,20 @@ def note_access(scope: Mapping[str, Any], model: str, inputs: int, tokens: int) 
     scope["state"]["access"] = {"model": model, "inputs": inputs, "tokens": tokens}
 
 
+def _protocol(path: str) -> str | None:
+    """The request-duration ``protocol`` label of a path (None: probes, metrics, docs)."""
+    if path.startswith(("/v1/", "/api/llm/")):
+        return "openai"
+    if path.startswith("/v2/models/"):
+        return "kserve"
+    return None
+
+
 class RequestIdMiddleware:
-    def __init__(self, app: Any, log_access: bool = True) -> None:
+    def __init__(self, app: Any, log_access: bool = True, metrics: Metrics | None = None) -> None:
         self.app = app
         self.log_access = log_access
+        self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -63,8 +74,15 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            took_s = time.perf_counter() - t0
             if self.log_access and access_log.isEnabledFor(logging.INFO):
-                self._log(scope, state, rid, status[0] or 499, time.perf_counter() - t0)
+                self._log(scope, state, rid, status[0] or 499, took_s)
+            protocol = _protocol(scope["path"])
+            if self.metrics is not None and protocol:
+                model = str(state.get("access", {}).get("model", "-"))
+                self.metrics.request_duration.labels(
+                    model, protocol, str(status[0] or 499)
+                ).observe(took_s)
 
     @staticmethod
     def _log(scope: dict[str, Any], state: dict[str, Any], rid: str, status: int, s: float) -> None:

@@ -169,7 +169,7 @@ class Engine:
         result = self._post(texts, chunks, scored)
         result.timings.tokenization_s = t1 - t0
         result.timings.total_s = time.perf_counter() - t0
-        self.metrics.tokenization_duration.observe(t1 - t0)
+        self.metrics.tokenization_duration.labels(self.name).observe(t1 - t0)
         self.metrics.inputs.labels(self.name).inc(len(texts))
         return result
 
@@ -330,7 +330,7 @@ class Engine:
         m.padded_tokens.labels(n).inc(batch.padded_tokens)
         m.inference_duration.labels(n, str(batch.bucket)).observe(infer_s)
         for s in batch.items:
-            m.queue_duration.observe(batch.cut_at - s.enqueued)
+            m.queue_duration.labels(n).observe(batch.cut_at - s.enqueued)
 
     def _update_queue_gauges(self) -> None:
         self.metrics.queue_tokens.labels(self.name).set(self.batcher.queued_tokens)

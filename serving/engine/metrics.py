@@ -7,7 +7,15 @@ process (tests, benchmarks) never collide.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -26,14 +34,15 @@ class Metrics:
         self.inputs = Counter("modserve_inputs", "Input texts classified", ["model"], registry=r)
         self.request_duration = Histogram(
             "modserve_request_duration_seconds",
-            "End-to-end request latency",
-            ["model"],
-            buckets=_LATENCY_BUCKETS_S,
+            "End-to-end request latency, every answer (errors too)",
+            ["model", "protocol", "status"],  # protocol: openai | kserve | grpc-moderation |
+            buckets=_LATENCY_BUCKETS_S,  # grpc-kserve; status: HTTP code or gRPC code name
             registry=r,
         )
         self.queue_duration = Histogram(
             "modserve_queue_duration_seconds",
             "Time a sequence waited in the batcher",
+            ["model"],
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
@@ -47,6 +56,7 @@ class Metrics:
         self.tokenization_duration = Histogram(
             "modserve_tokenization_duration_seconds",
             "Tokenization time per request",
+            ["model"],
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
@@ -86,6 +96,8 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("modserve_ready", "1 when every model is loaded and warmed", registry=r)
+        ProcessCollector(registry=r)  # process_*: CPU seconds, RSS, open fds, start time
+        PlatformCollector(registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

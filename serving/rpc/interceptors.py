@@ -10,14 +10,20 @@ streaming requests, at the first malformed message).
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
 
+from serving.engine.metrics import Metrics
 from serving.protocol.request_id import choose
 
 MESSAGE = "The request is not a valid protobuf message for this method."
+PROTOCOLS = {"/modserve.v1.": "grpc-moderation", "/inference.": "grpc-kserve"}
+# The model a call resolved (set by the servicers; read when the call is timed).
+served_model: ContextVar[str] = ContextVar("served_model", default="-")
 RID = "x-request-id"
 
 
@@ -56,12 +62,27 @@ def tag_request_id(context: Any) -> str:
     return rid
 
 
-def _unary_request(behavior: Callable[..., Any]) -> Callable[..., Any]:
+Record = Callable[[float, str], None]  # (seconds, status code name) of a finished call
+
+
+def _unary_request(
+    behavior: Callable[..., Any], record: Record | None = None
+) -> Callable[..., Any]:
     async def run(request: Any, context: Any) -> Any:
-        tag_request_id(context)
-        if request is _MALFORMED:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MESSAGE)
-        return await behavior(request, context)
+        t0 = time.perf_counter()
+        status = "OK"
+        try:
+            tag_request_id(context)
+            if request is _MALFORMED:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MESSAGE)
+            return await behavior(request, context)
+        except BaseException:
+            code = context.code() if hasattr(context, "code") else None
+            status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            raise
+        finally:
+            if record is not None:
+                record(time.perf_counter() - t0, status)
 
     return run
 
@@ -99,6 +120,24 @@ def _stream_request(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """See the module doc; with ``metrics``, unary calls of the moderation and KServe
+    services are timed into ``modserve_request_duration_seconds`` (model from
+    ``served_model``, protocol ``grpc-moderation`` / ``grpc-kserve``, status code name)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+
+    def _recorder(self, method: str) -> Record | None:
+        protocol = next((p for prefix, p in PROTOCOLS.items() if method.startswith(prefix)), None)
+        if self.metrics is None or protocol is None:
+            return None
+        histogram = self.metrics.request_duration
+
+        def record(seconds: float, status: str) -> None:
+            histogram.labels(served_model.get(), protocol, status).observe(seconds)
+
+        return record
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -110,7 +149,8 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         h: Any = handler
         changes: dict[str, Any] = {"request_deserializer": _safe(h.request_deserializer)}
         if h.unary_unary is not None:
-            changes["unary_unary"] = _unary_request(h.unary_unary)
+            record = self._recorder(handler_call_details.method)
+            changes["unary_unary"] = _unary_request(h.unary_unary, record)
         elif h.unary_stream is not None:
             changes["unary_stream"] = _unary_request_stream(h.unary_stream)
         elif h.stream_unary is not None:

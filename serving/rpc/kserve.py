@@ -17,6 +17,7 @@ from serving.engine.types import Classifier
 from serving.errors import InvalidRequest, ModerationError
 from serving.protocol import kserve
 from serving.rpc.common import Context, ServicerBase
+from serving.rpc.interceptors import served_model
 
 _CONFIG_TYPES = {"BYTES": mc.TYPE_STRING, "FP32": mc.TYPE_FP32, "BOOL": mc.TYPE_BOOL}
 
@@ -131,6 +132,7 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
     ) -> pb.ModelInferResponse:
         self.check_auth(context)
         engine = self.registry.resolve(request.model_name, request.model_version)
+        served_model.set(engine.name)
         inputs = list(request.inputs)
         names = [t.name for t in inputs]
         text = inputs[0] if inputs else pb.ModelInferRequest.InferInputTensor()

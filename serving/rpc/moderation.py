@@ -11,6 +11,7 @@ import grpc
 from serving.protocol.limits import check_texts
 from serving.protocol.openai import echoed_model, full_taxonomy, new_id
 from serving.rpc.common import Context, ServicerBase
+from serving.rpc.interceptors import served_model
 
 try:
     from serving._proto.modserve.v1 import moderation_pb2 as pb
@@ -76,6 +77,7 @@ class ModerationServicer(ServicerBase, pb_grpc.ModerationServicer):
         s = self.settings
         texts = check_texts(request.input, s.max_inputs_per_request, s.max_input_chars)
         engine = self.registry.resolve(request.model or None)
+        served_model.set(engine.name)
         self.metrics.requests.labels(engine.name).inc()
         result = await engine.classify(texts, timeout_s=self.time_left_s(context))
         response = pb.ModerateResponse(id=new_id(), model=echoed_model(request.model, engine.name))

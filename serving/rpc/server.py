@@ -44,7 +44,7 @@ def build_server(settings: Settings, registry: Registry) -> tuple[Any, Any, list
 
     limit = settings.max_request_body_bytes
     server = grpc.aio.server(
-        interceptors=[MalformedRequestInterceptor()],
+        interceptors=[MalformedRequestInterceptor(registry.metrics)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
