@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Static bearer keys (comma separated); empty = no auth."
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (comma separated, * = any); "
+        "empty = no CORS headers (browsers on other origins are refused).",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="debug | info | warning | error | critical"
     )
@@ -184,7 +189,7 @@ class Settings(BaseSettings):
         "id, model, inputs, tokens; never text) on the modserve.access logger.",
     )
 
-    _split = field_validator("extra_models", "api_keys", mode="before")(_split_csv)
+    _split = field_validator("extra_models", "api_keys", "cors_origins", mode="before")(_split_csv)
     _lower = field_validator("log_level", mode="before")(
         lambda v: v.lower() if isinstance(v, str) else v
     )

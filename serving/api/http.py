@@ -16,6 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -48,6 +49,14 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
     )
     app.state.registry = registry
     app.add_middleware(RequestIdMiddleware, log_access=settings.access_log, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after", "x-unscored-categories"],
+        )
     app.include_router(openai_router(registry))
     app.include_router(kserve_router(registry))
 
