@@ -11,8 +11,10 @@ and both are handed the same registry: nothing below this module starts a server
 model on its own. ``serving/deployments.py`` is the other root, for Ray Serve: there Ray's
 proxy serves HTTP and the ingress replica starts the same siblings (``ray_ingress_lifespan``).
 
-Shutdown (SIGINT / SIGTERM): HTTP stops accepting and finishes its requests, gRPC gets
-``SHUTDOWN_GRACE_S``, then the engines drain (queued requests get 503) and stop.
+Shutdown (SIGINT / SIGTERM): readiness answers 503 at once while requests are still served
+for ``MODSERVE_DRAIN_DELAY_S``, then HTTP stops accepting and finishes its requests (up to
+``MODSERVE_DRAIN_TIMEOUT_S``), gRPC gets ``SHUTDOWN_GRACE_S``, then the engines drain (queued
+requests get 503) and stop. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -111,13 +113,29 @@ async def serve(settings: Settings) -> int:
             log_level=settings.log_level,
             access_log=False,  # modserve's own (serving/api/request_id.py) has more
             log_config=None,  # the process's logging (serving/logs.py), one format
+            timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
             lifespan="off",
             http=guarded_protocol(settings),
         )
     )
     loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []
+
+    async def drain(sig: int) -> None:
+        registry.draining = True  # /ready -> 503 at once; requests are still served
+        log.info("shutting down: readiness 503 for %.1f s, then in-flight work finishes",
+                 settings.drain_delay_s)  # fmt: skip
+        await asyncio.sleep(settings.drain_delay_s)
+        http.handle_exit(sig, None)
+
+    def on_signal(sig: int) -> None:
+        if draining:  # a second signal: stop now
+            http.handle_exit(sig, None)
+        else:
+            draining.append(loop.create_task(drain(sig)))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, http.handle_exit, sig, None)
+        loop.add_signal_handler(sig, on_signal, sig)
     async with models_and_grpc(registry, on_failure=lambda: http.handle_exit(signal.SIGTERM, None)):
         await http.serve()
     return 1 if registry.load_error else 0

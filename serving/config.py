@@ -168,6 +168,20 @@ class Settings(BaseSettings):
         description="gRPC calls in progress at once; beyond it RESOURCE_EXHAUSTED at once.",
     )
 
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, readiness answers 503 for this long while requests are still "
+        "served, so load balancers stop sending before the listener closes (Kubernetes: a few "
+        "seconds, as the Helm chart sets).",
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Then in-flight HTTP requests get this long to finish before the process "
+        "exits anyway.",
+    )
+
     # --- security & ops ------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Static bearer keys (comma separated); empty = no auth."

@@ -119,6 +119,7 @@ class RemoteRegistry:
         self.default = settings.model
         self.created = int(time.time())
         self.load_error: str | None = None
+        self.draining = False
 
     @property
     def ready(self) -> bool:

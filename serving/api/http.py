@@ -100,6 +100,8 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
 
     @app.get("/ready", summary="Readiness: every model loaded and warmed")
     async def ready() -> Response:
+        if registry.draining:
+            raise NotReady("The server is shutting down.")
         if registry.ready:  # no model names: this route is open (probes); /v1/models is not
             return JSONResponse({"status": "ready"})
         if registry.load_error:

@@ -65,6 +65,8 @@ def kserve_router(reg: Registry) -> APIRouter:
 
     @router.get("/health/ready", summary="Readiness: every model loaded and warmed")
     async def ready() -> Response:
+        if reg.draining:
+            raise NotReady("The server is shutting down.")
         if reg.ready:
             return JSONResponse({"ready": True})
         if reg.load_error:

@@ -48,6 +48,7 @@ class ModelRegistry:
         self.created = int(time.time())
         self.default = settings.model
         self.load_error: str | None = None
+        self.draining = False
         self._all_loaded = False
 
     @property

@@ -76,6 +76,7 @@ class Registry(Protocol):
     metrics: Metrics
     created: int  # unix time, for OpenAI's model list
     load_error: str | None  # why loading failed, for /ready and the health service
+    draining: bool  # shutting down: readiness says 503 while in-flight work finishes
 
     @property
     def engines(self) -> Mapping[str, Classifier]:

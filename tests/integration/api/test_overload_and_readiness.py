@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from pathlib import Path
 
 import httpx
@@ -123,5 +124,23 @@ def test_sigterm_finishes_in_flight_work_then_stops_both_transports(tiny_repo: P
         for port in (s.port, s.grpc_port):  # nothing listens any more
             with socket.socket() as sock:
                 assert sock.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        s.stop()
+
+
+def test_sigterm_says_not_ready_first_while_still_serving(tiny_repo: Path):
+    import signal
+
+    s = ServerProcess(tiny_repo, MODSERVE_DRAIN_DELAY_S="2")
+    s.wait_ready()
+    try:
+        s.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 1.0
+        while httpx.get(s.base + "/ready", timeout=2).status_code != 503:
+            assert time.monotonic() < deadline
+        assert "shutting down" in httpx.get(s.base + "/ready").json()["error"]["message"]
+        r = httpx.post(s.base + "/v1/moderations", json={"input": "still served"}, timeout=5)
+        assert r.status_code == 200  # load balancers may still send during the delay
+        assert s.proc.wait(timeout=30) == 0
     finally:
         s.stop()
