@@ -132,6 +132,10 @@ class ModelLoadFailed(ModerationError):
     type = "server_error"
     code = "model_load_failed"
 
+    @classmethod
+    def because(cls, cause: str) -> ModelLoadFailed:
+        return cls(f"The model failed to load: {cause}")
+
 
 class InferenceFailed(ModerationError):
     status = 500

@@ -24,12 +24,11 @@ from serving import __version__
 from serving.api.kserve import KSERVE_PREFIX, kserve_router
 from serving.api.openai import openai_router
 from serving.api.request_id import RequestIdMiddleware, request_id
-from serving.engine.types import Registry
+from serving.engine.types import Registry, readiness_error
 from serving.errors import (
     ClientClosedRequest,
     ModelLoadFailed,
     ModerationError,
-    NotReady,
     clip,
 )
 
@@ -95,18 +94,14 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
     @app.get("/health", summary="Liveness: the process answers and its models did not fail")
     async def health() -> dict[str, str]:
         if registry.load_error:  # permanent: restart with a fixed configuration
-            raise ModelLoadFailed(f"The model failed to load: {registry.load_error}")
+            raise ModelLoadFailed.because(registry.load_error)
         return {"status": "ok"}
 
     @app.get("/ready", summary="Readiness: every model loaded and warmed")
     async def ready() -> Response:
-        if registry.draining:
-            raise NotReady("The server is shutting down.")
-        if registry.ready:  # no model names: this route is open (probes); /v1/models is not
-            return JSONResponse({"status": "ready"})
-        if registry.load_error:
-            raise ModelLoadFailed(f"The model failed to load: {registry.load_error}")
-        raise NotReady("Models are loading and warming up.")
+        if (err := readiness_error(registry)) is not None:
+            raise err
+        return JSONResponse({"status": "ready"})  # no model names: open route (probes)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:

@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse, Response
 from serving.api.auth import require_api_key
 from serving.api.body import parse_json, read_body, until_disconnect
 from serving.api.request_id import note_access
-from serving.engine.types import Registry
-from serving.errors import InvalidRequest, ModelLoadFailed, NotReady, clip
+from serving.engine.types import Registry, readiness_error
+from serving.errors import InvalidRequest, NotReady, clip
 from serving.protocol import kserve
 
 KSERVE_PREFIX = "/v2"
@@ -65,13 +65,9 @@ def kserve_router(reg: Registry) -> APIRouter:
 
     @router.get("/health/ready", summary="Readiness: every model loaded and warmed")
     async def ready() -> Response:
-        if reg.draining:
-            raise NotReady("The server is shutting down.")
-        if reg.ready:
-            return JSONResponse({"ready": True})
-        if reg.load_error:
-            raise ModelLoadFailed(f"The model failed to load: {reg.load_error}")
-        raise NotReady("Models are loading and warming up.")
+        if (err := readiness_error(reg)) is not None:
+            raise err
+        return JSONResponse({"ready": True})
 
     @route("GET", "", "Model metadata (column names in parameters.categories)")
     async def metadata(request: Request, name: str, version: str) -> Response:

@@ -75,25 +75,22 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             took_s = time.perf_counter() - t0
+            code = status[0] or 499  # no answer started: the client went away
+            access = state.get("access", {})
             if self.log_access and access_log.isEnabledFor(logging.INFO):
-                self._log(scope, state, rid, status[0] or 499, took_s)
+                self._log(scope["method"], scope["path"], code, took_s, rid, access)
             protocol = _protocol(scope["path"])
             if self.metrics is not None and protocol:
-                model = str(state.get("access", {}).get("model", "-"))
-                self.metrics.request_duration.labels(
-                    model, protocol, str(status[0] or 499)
-                ).observe(took_s)
+                model = str(access.get("model", "-"))
+                self.metrics.request_duration.labels(model, protocol, str(code)).observe(took_s)
 
     @staticmethod
-    def _log(scope: dict[str, Any], state: dict[str, Any], rid: str, status: int, s: float) -> None:
-        fields = {
-            "request_id": rid,
-            "method": scope["method"],
-            "path": clip(scope["path"], 200).strip("'\""),
-            "status": status,
-            "latency_ms": round(s * 1000, 2),
-            **state.get("access", {}),
-        }
-        extra = " ".join(f"{k}={v}" for k, v in state.get("access", {}).items())
-        access_log.info("%s %s %d %.1fms %s %s", fields["method"], fields["path"], status,
-                        s * 1000, rid, extra, extra=fields)  # fmt: skip
+    def _log(
+        method: str, path: str, status: int, s: float, rid: str, access: dict[str, Any]
+    ) -> None:
+        shown = clip(path, 200).strip("'\"")
+        fields = {"request_id": rid, "method": method, "path": shown, "status": status,
+                  "latency_ms": round(s * 1000, 2), **access}  # fmt: skip
+        noted = " ".join(f"{k}={v}" for k, v in access.items())
+        access_log.info("%s %s %d %.1fms %s %s", method, shown, status, s * 1000, rid, noted,
+                        extra=fields)  # fmt: skip

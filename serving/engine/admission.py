@@ -141,12 +141,17 @@ def check_admission(
         return  # idle: whatever fits the deadline
     wait_s = predicted_wait_s(own_s, queued, running_s)
     if wait_s > max_wait_s or wait_s + own_s > budget_s:
-        retry = max(1, math.ceil(round(wait_s - max_wait_s, 3)))
+        retry = retry_after_s(wait_s, max_wait_s)
         raise Overloaded(
             f"The server is busy: this request would wait about {wait_s:.1f} s for the model "
             f"(limit {max_wait_s:g} s, MODSERVE_MAX_QUEUE_WAIT_S); retry after {retry} s.",
             retry_after_s=retry,
         )
+
+
+def retry_after_s(wait_s: float, max_wait_s: float) -> int:
+    """Whole seconds until a predicted wait of ``wait_s`` is back under the bound (>= 1)."""
+    return max(1, math.ceil(round(wait_s - max_wait_s, 3)))
 
 
 def predicted_wait_s(own_s: float, queued_s: Iterable[float], running_s: float) -> float:
@@ -177,7 +182,7 @@ class TokenizerGate:
         """Reserve the tokenizer for ``chars`` characters or raise ``Overloaded``."""
         wait_s = self.backlog_chars / self.chars_per_s
         if self.backlog_chars and wait_s > self.max_wait_s:
-            retry = max(1, math.ceil(round(wait_s - self.max_wait_s, 3)))
+            retry = retry_after_s(wait_s, self.max_wait_s)
             raise Overloaded(
                 f"The tokenizer is busy with about {wait_s:.1f} s of queued text (limit "
                 f"{self.max_wait_s:g} s, MODSERVE_MAX_QUEUE_WAIT_S); retry after {retry} s.",

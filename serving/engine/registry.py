@@ -124,7 +124,7 @@ def resolve_engine(
         return engine
     expected = set(expected)
     if name in expected and load_error:
-        raise ModelLoadFailed(f"The model failed to load: {load_error}")
+        raise ModelLoadFailed.because(load_error)
     if name in expected:
         raise NotReady(f"Model {clip(name)} is still loading; retry shortly.")
     known = sorted([*expected, *OPENAI_MODEL_ALIASES])

@@ -19,6 +19,7 @@ import numpy as np
 
 from serving.config import Settings
 from serving.engine.metrics import Metrics
+from serving.errors import ModelLoadFailed, ModerationError, NotReady
 
 
 @dataclass
@@ -67,6 +68,19 @@ class Classifier(Protocol):
     async def classify(
         self, texts: list[str], timeout_s: float | None = None
     ) -> ClassifyResult: ...
+
+
+def readiness_error(registry: Registry) -> ModerationError | None:
+    """Why ``registry`` is not ready, None if it is: shutting down (503, retry elsewhere),
+    failed to load (503 with the cause, no retry), still loading (503, retry). One rule for
+    ``/ready`` and KServe's ``/v2/health/ready``."""
+    if registry.draining:
+        return NotReady("The server is shutting down.")
+    if registry.ready:
+        return None
+    if registry.load_error:
+        return ModelLoadFailed.because(registry.load_error)
+    return NotReady("Models are loading and warming up.")
 
 
 class Registry(Protocol):
