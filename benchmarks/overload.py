@@ -313,6 +313,7 @@ async def run(
     soak_s: float = 0.0,
     pid: int | None = None,
 ) -> dict[str, Any]:
+    gc.freeze()  # no full GC pass over the client's imports mid-measurement (stalls)
     requests = make_requests(2000, seed=0)
     cap = await capacity(base, requests, clients, capacity_s)
     soaked = await soak(base, pid, requests, cap * SOAK_LOAD, soak_s) if soak_s and pid else None
@@ -427,7 +428,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    gc.freeze()  # no full collection of the imports mid-measurement (client-side stalls)
     server = None
     base, pid = a.url, a.pid
     if base is None:
