@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -166,6 +167,7 @@ def ship(
         score_heads(loaded.model, loaded.tokenizer, loaded.cfg, texts), texts, loaded.cfg
     )
     cfg = calibrate_arrays(model_dir, y, m, s32, **(calib_kw or {}))
+    loaded = dataclasses.replace(loaded, cfg=cfg)  # flags below (dilution) at these thresholds
     rep32 = report(cfg, y, m, s32)
 
     calib = [e.text for e in random.Random(0).sample(train, min(SMOOTHING_TEXTS, len(train)))]

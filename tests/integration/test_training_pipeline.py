@@ -308,9 +308,10 @@ def test_eval_command_reports_dilution_on_a_runs_validation_split(tmp_path: Path
     run(args)
     from training.export import ship
 
-    ship(args.run_dir, tmp_path / "repo", which="last")
+    exported = ship(args.run_dir, tmp_path / "repo", which="last", calib_kw={"min_positives": 1})
     out = tmp_path / "eval.json"
     model_dir = tmp_path / "repo" / DEFAULT_MODEL_NAME
+    assert load_model_config(model_dir).thresholds["violence"] != 0.5  # calibrated, not default
     assert eval_main(["--model-dir", str(model_dir), "--run-dir", args.run_dir, "--dilution",
                       "--out", str(out)]) == 0  # fmt: skip
     rep = json.loads(out.read_text())
@@ -318,5 +319,7 @@ def test_eval_command_reports_dilution_on_a_runs_validation_split(tmp_path: Path
     assert set(by) == {"0", "1", "2", "3", "5", "8"}
     assert by["8"]["targets"] == by["0"]["targets"] > 0 and by["8"]["benign"] > 0
     assert 0.0 <= rep["dilution"]["headline_recall"] <= 1.0
+    # the export judged the candidate at its calibrated thresholds, as served and evaluated
+    assert exported["dilution"]["candidate"] == rep["dilution"]
     card = (model_dir / "README.md").read_text()
     assert "Dilution" in card
