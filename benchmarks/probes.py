@@ -170,8 +170,26 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
+             "amx_tile", "amx_int8", "amx_bf16")  # fmt: skip  # what decides CPU kernels
+
+
+def cpu_isa() -> list[str]:
+    """The ISA extensions of this CPU that decide which kernels are fast (from
+    /proc/cpuinfo ``flags``; empty where that is not readable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [x for x in ISA_FLAGS if x in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info() -> dict[str, Any]:
-    """CPU model and cores, OS, Python, library versions, git commit, date (UTC)."""
+    """CPU model, ISA extensions and cores, OS, Python, library versions, git commit, date (UTC)."""
     versions: dict[str, str | None] = {}
     for lib in (
         "torch",
@@ -197,6 +215,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_cores": os.cpu_count(),
         "os": platform.platform(),
         "python": sys.version.split()[0],

@@ -95,6 +95,9 @@ def start_server(kind: str, model_dir: Path, env: dict[str, str] | None = None) 
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # modserve's response cache off: peers have none, and the workloads repeat texts;
+        # benchmarks/cache.py measures it on purpose
+        "MODSERVE_CACHE_BYTES": "0",
         **({"OMP_NUM_THREADS": str(os.cpu_count() or 1)} if kind in RAY_KINDS else {}),
         **(env or {}),
     }

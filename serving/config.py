@@ -113,6 +113,15 @@ class Settings(BaseSettings):
         "429 + Retry-After at once instead of a late 504. Lower = lower latency for what is "
         "admitted and more 429s under overload; higher = fewer 429s, longer queues.",
     )
+    cache_bytes: int = Field(
+        64 * 2**20,
+        ge=0,
+        description="Response cache bound, bytes (per model; 0 = off). Inputs whose text "
+        "(as the tokenizer normalises it) was scored before are answered from memory, "
+        "skipping the model; only a digest of the text is kept. One entry is ~250 bytes: "
+        "64 MiB holds ~250,000 distinct texts. Raise it for traffic with many repeats "
+        "(spam waves, retries); its hit rate is modserve_cache_lookups{result}.",
+    )
     max_queue_tokens: int = Field(
         262144,
         ge=1,

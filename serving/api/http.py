@@ -54,7 +54,12 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id"],
-            expose_headers=["x-request-id", "retry-after", "x-unscored-categories"],
+            expose_headers=[
+                "x-request-id",
+                "retry-after",
+                "x-unscored-categories",
+                "x-cached-inputs",
+            ],
         )
     app.include_router(openai_router(registry))
     app.include_router(kserve_router(registry))

@@ -136,12 +136,13 @@ def kserve_router(reg: Registry) -> APIRouter:
         if "id" in header:
             body["id"] = header["id"]
         head = json.dumps(body, separators=(",", ":")).encode()
+        cached = {"x-cached-inputs": str(result.timings.cached_inputs)}
         if not blobs:
-            return Response(head, media_type="application/json")
+            return Response(head, media_type="application/json", headers=cached)
         return Response(
             head + b"".join(blobs),
             media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(len(head))},
+            headers={"Inference-Header-Content-Length": str(len(head)), **cached},
         )
 
     return router

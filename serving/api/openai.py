@@ -78,6 +78,7 @@ def openai_router(registry: Registry) -> APIRouter:
             "x-inference-time": f"{t.inference_s * 1000:.3f}",
             "x-compute-tokens": str(t.tokens),
             "x-compute-characters": str(t.characters),
+            "x-cached-inputs": str(t.cached_inputs),
             "x-model": engine.name,
         }
         if unscored := unscored_categories(result.categories):

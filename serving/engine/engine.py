@@ -29,6 +29,7 @@ from serving.engine.admission import TokenizerGate
 from serving.engine.batcher import Batch, TokenBudgetBatcher
 from serving.engine.metrics import Metrics
 from serving.engine.postprocess import PostProcessor
+from serving.engine.response_cache import ResponseCache, tokenizer_normalizer
 from serving.engine.tokenization import (
     Chunk,
     ChunkingTokenizer,
@@ -97,6 +98,12 @@ class Engine:
             core_workers=core_workers,
         )
         self.tokenizer_gate = TokenizerGate(settings.max_queue_wait_s)
+        self.cache = ResponseCache(
+            settings.cache_bytes,
+            f"{self.name}\0{cfg.version}\0{loaded.dtype}",
+            len(cfg.labels),
+            tokenizer_normalizer(self.tokenizer.backend),
+        )
         self._pre_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-pre")
         self.core_workers = core_workers
         self._core_pool = ThreadPoolExecutor(
@@ -156,6 +163,37 @@ class Engine:
         at ``MODSERVE_REQUEST_TIMEOUT_S``: no client can hold the model longer than that."""
         if not self.ready:
             raise NotReady(f"Model {self.name!r} is still loading; retry shortly.")
+        t0 = time.perf_counter()
+        keys = [self.cache.key(t) for t in texts] if self.cache.enabled else []
+        known = self.cache.lookup(keys) if keys else [None] * len(texts)
+        # each distinct unknown text once (a request may repeat a text)
+        todo: dict[bytes | int, int] = {}
+        for i, h in enumerate(known):
+            if h is None:
+                todo.setdefault(keys[i] if keys else i, i)
+        heads = np.empty((len(texts), len(self.loaded.cfg.labels)), dtype=np.float32)
+        timings = Timings(characters=sum(len(t) for t in texts), cached_inputs=len(texts))
+        if todo:
+            first = list(todo.values())
+            computed = await self._compute([texts[i] for i in first], timeout_s, timings)
+            slot = dict(zip(todo, computed, strict=True))
+            for i, h in enumerate(known):
+                heads[i] = h if h is not None else slot[keys[i] if keys else i]
+            timings.cached_inputs = len(texts) - sum(h is None for h in known)
+            if keys:
+                self._remember([keys[i] for i in first], computed)
+        else:
+            heads[:] = np.stack(known)  # type: ignore[arg-type]  # all hits: no None left
+        self._count_cache(timings.cached_inputs, len(texts))
+        scores = self.post.served(heads, texts)
+        timings.total_s = time.perf_counter() - t0
+        self.metrics.inputs.labels(self.name).inc(len(texts))
+        return ClassifyResult(self.name, self.categories, scores, self.post.flags(scores), timings)
+
+    async def _compute(
+        self, texts: list[str], timeout_s: float | None, timings: Timings
+    ) -> np.ndarray:
+        """(N, L) head scores of ``texts`` from the model: admission, tokenize, batch, run."""
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         budget_s = min(timeout_s or math.inf, self.settings.request_timeout_s)
@@ -166,12 +204,26 @@ class Engine:
         chunks = await self._pre(texts)
         t1 = time.perf_counter()
         scored = await self._batched(chunks, deadline)
-        result = self._post(texts, chunks, scored)
-        result.timings.tokenization_s = t1 - t0
-        result.timings.total_s = time.perf_counter() - t0
+        timings.tokenization_s = t1 - t0
+        timings.queue_s = max(s.queue_s for s in scored)
+        timings.inference_s = max(s.inference_s for s in scored)
+        timings.tokens = sum(len(c.ids) for c in chunks)
         self.metrics.tokenization_duration.labels(self.name).observe(t1 - t0)
-        self.metrics.inputs.labels(self.name).inc(len(texts))
-        return result
+        counts = [0] * len(texts)
+        for c in chunks:
+            counts[c.input_index] += 1
+        return self.post.per_input(np.stack([s.scores for s in scored]), counts)
+
+    def _remember(self, keys: list[bytes], heads: np.ndarray) -> None:
+        evicted = self.cache.store(keys, heads)
+        if evicted:
+            self.metrics.cache_evictions.labels(self.name).inc(evicted)
+        self.metrics.cache_bytes.labels(self.name).set(self.cache.size_bytes)
+
+    def _count_cache(self, hits: int, inputs: int) -> None:
+        if self.cache.enabled:
+            self.metrics.cache_lookups.labels(self.name, "hit").inc(hits)
+            self.metrics.cache_lookups.labels(self.name, "miss").inc(inputs - hits)
 
     async def _pre(self, texts: list[str]) -> list[Chunk]:
         """Tokenize and cut into model-window chunks: small requests at once on the event
@@ -227,22 +279,6 @@ class Engine:
         finally:
             for f in futures:  # anything still queued is dropped before the model
                 f.cancel()
-
-    def _post(
-        self, texts: list[str], chunks: list[Chunk], scored: list[ScoredSequence]
-    ) -> ClassifyResult:
-        """Chunk scores -> per-input scores and flags (max over chunks, thresholds)."""
-        counts = [0] * len(texts)
-        for c in chunks:
-            counts[c.input_index] += 1
-        scores = self.post.scores(np.stack([s.scores for s in scored]), counts, texts)
-        timings = Timings(
-            queue_s=max(s.queue_s for s in scored),
-            inference_s=max(s.inference_s for s in scored),
-            tokens=sum(len(c.ids) for c in chunks),
-            characters=sum(len(t) for t in texts),
-        )
-        return ClassifyResult(self.name, self.categories, scores, self.post.flags(scores), timings)
 
     # -- batch loop and core ----------------------------------------------------------------
     async def _supervised_loop(self) -> None:

@@ -93,6 +93,7 @@ class EnsembleEngine:
             total_s=max(r.timings.total_s for r in results),
             tokens=sum(r.timings.tokens for r in results),
             characters=results[0].timings.characters,
+            cached_inputs=min(r.timings.cached_inputs for r in results),
         )
         return ClassifyResult(
             self.name,

@@ -95,6 +95,21 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.cache_lookups = Counter(
+            "modserve_cache_lookups",
+            "Inputs looked up in the response cache (MODSERVE_CACHE_BYTES)",
+            ["model", "result"],  # result: hit | miss
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "modserve_cache_evictions",
+            "Response-cache entries evicted (least recently used) to stay within its bound",
+            ["model"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "modserve_cache_bytes", "Memory held by the response cache", ["model"], registry=r
+        )
         self.ready = Gauge("modserve_ready", "1 when every model is loaded and warmed", registry=r)
         ProcessCollector(registry=r)  # process_*: CPU seconds, RSS, open fds, start time
         PlatformCollector(registry=r)

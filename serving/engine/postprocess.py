@@ -3,8 +3,8 @@
 Shared by the engine and by offline evaluation, so offline metrics match what
 the server answers:
 
-1. max over the chunks of each input (a long text is flagged if any part is);
-2. derived categories (no trained head): parent score gated by a lexicon rule
+1. max over the chunks of each input (a long text is flagged if any part is): ``per_input``;
+2. (``served``) derived categories (no trained head): parent score gated by a lexicon rule
    from the model's ``config.yaml``;
 3. hierarchy: a child never scores above its parent (``hate/threatening`` <= ``hate``);
 4. flags: score >= the category's threshold; a flagged child flags its parent.
@@ -57,8 +57,17 @@ class PostProcessor:
         self, chunk_scores: np.ndarray, chunk_counts: list[int], texts: list[str]
     ) -> np.ndarray:
         """(M, L) chunk scores, chunks per input, input texts -> (N, C) served scores (fp32)."""
+        return self.served(self.per_input(chunk_scores, chunk_counts), texts)
+
+    @staticmethod
+    def per_input(chunk_scores: np.ndarray, chunk_counts: list[int]) -> np.ndarray:
+        """(M, L) chunk scores, chunks per input -> (N, L) head scores: max over chunks."""
         starts = np.concatenate([[0], np.cumsum(chunk_counts)[:-1]]).astype(np.int64)
-        per_input = np.maximum.reduceat(chunk_scores.astype(np.float32), starts, axis=0)
+        return np.maximum.reduceat(chunk_scores.astype(np.float32), starts, axis=0)
+
+    def served(self, per_input: np.ndarray, texts: list[str]) -> np.ndarray:
+        """(N, L) head scores of ``texts`` -> (N, C) served scores: derived categories from
+        their parent and text rule, a child never above its parent."""
         out = np.zeros((len(texts), len(self.categories)), dtype=np.float32)
         out[:, self.head_cols] = per_input
         for child, parent, gate, ungated in self.derived:

@@ -30,8 +30,9 @@ class Timings:
     queue_s: float = 0.0
     inference_s: float = 0.0
     total_s: float = 0.0
-    tokens: int = 0
+    tokens: int = 0  # model tokens computed for this request (cached inputs cost none)
     characters: int = 0
+    cached_inputs: int = 0  # inputs answered from the response cache
 
 
 @dataclass

@@ -131,3 +131,24 @@ def test_core_workers_compares_layouts_side_by_side(tiny_repo: Path, tmp_path: P
     assert all(r["tokens_per_s"] > 0 for r in rows)
     assert all((r["contender_loops_per_s"] or 0) > 0 for r in rows if r["contender"])
     assert list(tmp_path.glob("core_workers-*.png"))
+
+
+def test_cache_benchmark_sends_repeats_only_when_asked(tiny_repo: Path) -> None:
+    """benchmarks.cache's loop on two tiny servers: repeats reach the cache of the server
+    that has one; a run without repeats hits nothing (fresh texts per run)."""
+    from benchmarks import cache
+
+    off = ServerProcess(tiny_repo, MODSERVE_CACHE_BYTES="0")
+    on = ServerProcess(tiny_repo, MODSERVE_CACHE_BYTES=str(2**20))
+    try:
+        off.wait_ready()
+        on.wait_ready()
+        res = cache.run({"off": off.base, "on": on.base}, [0.0, 0.5], 4, 1.0, 1)
+    finally:
+        off.stop()
+        on.stop()
+    runs = {(r["dup_rate"], r["cache"]): r for r in res["runs"]}
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in runs.values())
+    assert runs[0.5, "on"]["cache_hits"] > 0
+    assert runs[0.0, "on"]["cache_hits"] == 0 and runs[0.5, "off"]["cache_hits"] == 0
+    assert set(res["summary"]) == {"0.0", "0.5"} and "no repeats >= 0.97x" in res["checks"]

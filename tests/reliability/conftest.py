@@ -41,6 +41,7 @@ def default_model_server() -> Iterator[ServerProcess]:
         model=DEFAULT_MODEL,
         MODSERVE_CPU_THREADS="0",
         MODSERVE_LOG_LEVEL="warning",
+        MODSERVE_CACHE_BYTES="0",  # load tests measure the model path, not repeats
     )
     s.wait_ready(timeout_s=180)
     yield s

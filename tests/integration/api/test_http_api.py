@@ -133,6 +133,18 @@ def test_alias_route_and_timing_headers(server: ServerProcess):
     assert int(r.headers["x-compute-tokens"]) == 3  # [CLS] hi [SEP]
 
 
+def test_a_repeated_text_is_answered_from_the_cache(server: ServerProcess, client: openai.OpenAI):
+    text = "a text this module sends twice, 7f3a"
+    first = client.moderations.with_raw_response.create(input=text)
+    again = client.moderations.with_raw_response.create(input=text.upper())  # uncased model
+    assert first.headers["x-cached-inputs"] == "0" and int(first.headers["x-compute-tokens"]) > 0
+    assert again.headers["x-cached-inputs"] == "1" and again.headers["x-compute-tokens"] == "0"
+    a, b = first.parse().results[0], again.parse().results[0]
+    assert a.category_scores == b.category_scores and a.categories == b.categories
+    metrics = httpx.get(server.base + "/metrics").text
+    assert 'modserve_cache_lookups_total{model="tiny",result="hit"}' in metrics
+
+
 def test_models_health_ready_metrics_docs(server: ServerProcess, client: openai.OpenAI):
     ids = [m.id for m in client.models.list()]
     assert "tiny" in ids and "omni-moderation-latest" in ids

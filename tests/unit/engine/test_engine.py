@@ -24,7 +24,9 @@ TEXTS = [
 
 
 async def started(repo: Path, core_workers: int = 1, **overrides) -> Engine:
-    settings = Settings(model_repo=repo, model="tiny", **overrides)
+    """A started engine; the response cache is off unless asked for (these tests are about
+    what the model path computes)."""
+    settings = Settings(model_repo=repo, model="tiny", **{"cache_bytes": 0, **overrides})
     engine = Engine(load_model(repo / "tiny"), settings, Metrics(), core_workers=core_workers)
     await engine.start()
     return engine
@@ -149,3 +151,63 @@ async def test_span_scoring_takes_the_max_over_spans_and_windows(tiny_repo: Path
     assert result.scores[0, result.categories.index("hate")] == pytest.approx(
         raw[:, h].max(), abs=1e-5
     )
+
+
+async def test_cache_answers_repeats_without_the_model_and_with_the_same_scores(tiny_repo: Path):
+    engine = await started(tiny_repo, cache_bytes=2**20)
+    try:
+        first = await engine.classify(TEXTS[:3])
+        runs_before = engine.metrics.registry.get_sample_value(
+            "modserve_tokens_real_total", {"model": "tiny"}
+        )
+        # "HELLO" is "hello" to this uncased tokenizer; a repeat inside one request counts once
+        again = await engine.classify([TEXTS[1], "HELLO", TEXTS[2], TEXTS[2]])
+        runs_after = engine.metrics.registry.get_sample_value(
+            "modserve_tokens_real_total", {"model": "tiny"}
+        )
+        mixed = await engine.classify(["something new", TEXTS[0], "something new"])
+    finally:
+        await engine.stop()
+    assert first.timings.cached_inputs == 0
+    assert again.timings.cached_inputs == 4 and again.timings.tokens == 0
+    assert runs_after == runs_before  # nothing reached the model
+    np.testing.assert_array_equal(again.scores[:3], first.scores[[1, 0, 2]])
+    np.testing.assert_array_equal(again.flags[:3], first.flags[[1, 0, 2]])
+    assert mixed.timings.cached_inputs == 1 and mixed.timings.tokens > 0
+    np.testing.assert_array_equal(mixed.scores[0], mixed.scores[2])
+    np.testing.assert_array_equal(mixed.scores[1], first.scores[0])
+    sample = engine.metrics.registry.get_sample_value
+    assert sample("modserve_cache_lookups_total", {"model": "tiny", "result": "hit"}) == 5
+    assert sample("modserve_cache_lookups_total", {"model": "tiny", "result": "miss"}) == 5
+    assert sample("modserve_cache_bytes", {"model": "tiny"}) == 4 * engine.cache.entry_bytes
+
+
+async def test_cached_answers_keep_the_text_rules_of_derived_categories(tiny_repo: Path):
+    """The cache holds model scores only: a derived category's text rule (the tiny model's
+    violence/graphic gate, ``\\bblood\\b``) is applied to each request's own text. "bloöd" is
+    "blood" to the accent-stripping tokenizer (one cache entry) but not to the rule."""
+    engine = await started(tiny_repo, cache_bytes=2**20)
+    try:
+        gated = await engine.classify(["there was blood on the floor"])
+        ungated = await engine.classify(["there was bloöd on the floor"])
+    finally:
+        await engine.stop()
+    assert ungated.timings.cached_inputs == 1
+    col = {w: j for j, w in enumerate(gated.categories)}
+    violence, graphic = col["violence"], col["violence/graphic"]
+    np.testing.assert_array_equal(ungated.scores[0, violence], gated.scores[0, violence])
+    assert gated.scores[0, graphic] == pytest.approx(gated.scores[0, violence])
+    factor = engine.loaded.cfg.derived["violence/graphic"].ungated_factor
+    assert ungated.scores[0, graphic] == pytest.approx(factor * gated.scores[0, violence])
+    assert factor < 1
+
+
+async def test_cache_off_computes_every_time(tiny_repo: Path):
+    engine = await started(tiny_repo, cache_bytes=0)
+    try:
+        await engine.classify(["hello"])
+        again = await engine.classify(["hello"])
+    finally:
+        await engine.stop()
+    assert again.timings.cached_inputs == 0 and again.timings.tokens > 0
+    assert not engine.cache.enabled
