@@ -1,6 +1,7 @@
 """The engine: pre (tokenize, chunk, bucket) -> batcher -> core (model) -> post.
 
-The one entry point is ``Engine.classify(texts)``. Stages overlap: requests are
+The one entry point is ``Engine.classify(texts)``. Inputs whose model scores are in the
+response cache (``response_cache.py``) skip every stage below. Stages overlap: requests are
 tokenized on a thread pool as they arrive, the batch loop cuts batch n+1 while
 the core thread runs batch n (one batch ready ahead of the core threads: on CPU
 ``MODSERVE_CPU_WORKERS`` core threads each run their own batch),
@@ -157,7 +158,7 @@ class Engine:
         self._pre_pool.shutdown(wait=False)
         self._core_pool.shutdown(wait=False)
 
-    # -- the entry point: pre -> batcher -> core -> post -----------------------------------
+    # -- the entry point: cache -> pre -> batcher -> core -> post -------------------------
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
         """Scores for ``texts``. ``timeout_s``: the caller's deadline (e.g. gRPC's), capped
         at ``MODSERVE_REQUEST_TIMEOUT_S``: no client can hold the model longer than that."""
