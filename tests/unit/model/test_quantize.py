@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -173,50 +171,31 @@ def test_compile_knob_is_read_from_settings(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_compiled_kernels_let_other_python_threads_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The event loop and a second core thread must not stall while an int8 kernel runs.
+    """The event loop and a second core thread must not stall while an int8 kernel runs:
+    inductor's Python binding of each C++ kernel it compiles drops the GIL around the kernel
+    call. Checked on the source inductor really compiles (deterministic); how much Python
+    runs beside a kernel is a timing: ``python -m benchmarks.gil_release``."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.codecache import CppPythonBindingsCodeCache as bindings
 
-    A counter thread ticks alone for a while (its rate), then while one single-threaded
-    compiled kernel runs on the other core. With the GIL held through the C++ loop it could
-    only tick when the compiled wrapper's Python drops the GIL around the kernel.
-    """
     assert quantize.release_gil_in_inductor_kernels()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # compiled into the kernel: it leaves a core to the counter
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    compiled_sources: list[str] = []
+    load_async = bindings.load_async.__func__  # type: ignore[attr-defined]
+
+    def spy(cls, main_code: str, *args, **kwargs):
+        compiled_sources.append(main_code)
+        return load_async(cls, main_code, *args, **kwargs)
+
+    monkeypatch.setattr(bindings, "load_async", classmethod(spy))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # compile, do not reload
+    torch._dynamo.reset()
 
     @torch.compile(dynamic=True)
-    def heavy(x: torch.Tensor) -> torch.Tensor:  # one fused C++ loop
-        for _ in range(8):
-            x = torch.sin(x) * 1.0001 + torch.cos(x)
-        return x
+    def kernel(x: torch.Tensor) -> torch.Tensor:  # one fused C++ loop
+        return torch.sin(x) * 1.0001 + torch.cos(x)
 
-    try:
-        x = torch.rand(16_000_000)
-        heavy(x[:1000])  # compiles outside the measurement
-        ticks, running = [0], threading.Event()
-
-        def count() -> None:
-            running.set()
-            while running.is_set():
-                ticks[0] += 1
-
-        t = threading.Thread(target=count)
-        t.start()
-        running.wait()
-        before, t0 = ticks[0], time.perf_counter()
-        time.sleep(0.2)
-        rate = (ticks[0] - before) / (time.perf_counter() - t0)
-        shares, seconds = [], 0.0
-        for _ in range(3):  # the best of 3: a busy CI machine only ever lowers it
-            before, t0 = ticks[0], time.perf_counter()
-            heavy(x)
-            seconds = time.perf_counter() - t0
-            shares.append((ticks[0] - before) / (rate * seconds))
-        running.clear()
-        t.join()
-    finally:
-        monkeypatch.undo()
-        torch.set_num_threads(threads)
-    assert seconds > 0.1, f"the kernel must run long enough to tell ({seconds:.3f} s)"
-    # measured: ~0.55-0.65 with the GIL released, ~0.2 without
-    assert max(shares) > 0.4, f"the counter ran {max(shares):.0%} of its free rate meanwhile"
+    x = torch.rand(1000)
+    torch.testing.assert_close(kernel(x), torch.sin(x) * 1.0001 + torch.cos(x))
+    bound = [src for src in compiled_sources if "kernel(" in src and "PyInit" in src]
+    assert bound, "inductor compiled no Python-bound C++ kernel"
+    assert all("PyEval_SaveThread()" in src and "PyEval_RestoreThread" in src for src in bound)
