@@ -39,7 +39,7 @@ def isolated_core_seconds(
 
     workers = apply_cpu_layout(Settings())  # before the model: int8 compiles for this layout
     loaded = load_model(model_dir, "cpu", dtype)
-    vocab = int(loaded.model.encoder.config.vocab_size)
+    vocab = int(loaded.moderation_model.encoder.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
     total, rows = 0.0, []
     for bucket, (batches, sequences) in sorted((int(b), v) for b, v in per_bucket.items()):

@@ -58,7 +58,7 @@ def measure(
     loaded = load_for_bench(model_dir, "cpu", dtype)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(
-        1000, int(loaded.model.encoder.config.vocab_size), (batch, length), generator=gen
+        1000, int(loaded.moderation_model.encoder.config.vocab_size), (batch, length), generator=gen
     )
     mask = torch.ones(batch, length, dtype=torch.long)
 

@@ -158,9 +158,9 @@ def run(args: argparse.Namespace) -> dict:
     max_len = 512
     for p in precisions:
         loaded = load_for_bench(args.model_dir, device, p)
-        hf_cfg = loaded.model.encoder.config
+        hf_cfg = loaded.moderation_model.encoder.config
         max_len = loaded.cfg.max_length_tokens
-        variants.append((f"ours-{p}", p, make_ours(loaded.model)))
+        variants.append((f"ours-{p}", p, make_ours(loaded.moderation_model)))
     num_labels = len(loaded.cfg.labels)
     for p in args.hf_precisions.split(","):
         variants.insert(0, (f"hf-{p}", p, make_hf(args.model_dir, num_labels, device, p)))

@@ -104,7 +104,7 @@ def serve_on_ray(settings: Any) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from serving.engine.metrics import Metrics
     from serving.engine.registry import ModelRegistry
-    from serving.protocol.openai import build_response
+    from serving.protocol.openai import build_response, openai_view
 
     settings = settings_from_args(args)
 
@@ -114,7 +114,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
         try:
             engine = reg.resolve(None)
             r = await engine.classify(list(args.text))
-            return build_response(engine.name, r.categories, r.scores, r.flags, r.extras)
+            view = openai_view(engine.label_map, r.categories, r.scores, r.flags)
+            return build_response(engine.name, *view, r.extras)
         finally:
             await reg.stop()
 

@@ -48,10 +48,10 @@ class ClassifierReplica:
             self._started = asyncio.get_running_loop().create_task(self.engine.start())
         await asyncio.shield(self._started)
 
-    async def ready(self) -> tuple[list[str], str]:
-        """Once warm: (categories, version) for the ingress's ``RemoteEngine``."""
+    async def ready(self) -> tuple[list[str], str, dict[str, str]]:
+        """Once warm: (categories, version, label_map) for the ingress's ``RemoteEngine``."""
         await self._ensure_started()
-        return self.engine.categories, self.engine.version
+        return self.engine.categories, self.engine.version, self.engine.label_map
 
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
         await self._ensure_started()
@@ -66,12 +66,18 @@ class RemoteEngine:
     """A ``Classifier`` for the ingress's transports; forwards to a classifier deployment."""
 
     def __init__(
-        self, name: str, handle: DeploymentHandle, categories: list[str], version: str
+        self,
+        name: str,
+        handle: DeploymentHandle,
+        categories: list[str],
+        version: str,
+        label_map: dict[str, str],
     ) -> None:
         self.name = name
         self.handle = handle
         self.categories = categories
         self.version = version
+        self.label_map = label_map
         self.ready = True
 
     async def classify(self, texts: list[str], timeout_s: float | None = None) -> ClassifyResult:
@@ -131,8 +137,8 @@ class RemoteRegistry:
         app_name = serve.get_replica_context().app_name
         for name, deployment in self.deployments.items():
             handle = serve.get_deployment_handle(deployment, app_name=app_name)
-            categories, version = await handle.ready.remote()
-            self.engines[name] = RemoteEngine(name, handle, categories, version)
+            categories, version, label_map = await handle.ready.remote()
+            self.engines[name] = RemoteEngine(name, handle, categories, version, label_map)
         for name, cfg in self.ensembles.items():
             self.engines[name] = EnsembleEngine(cfg, {m: self.engines[m] for m in cfg.members})
         self.metrics.ready.set(1)

@@ -1,4 +1,4 @@
-"""Entry points for ``modserve train|eval|calibrate|export`` (argparse; argv without the verb).
+"""Entry points for ``modserve train|eval|calibrate|export|import-hf`` (argv without the verb).
 
 Each ``*_main(argv)`` returns a process exit code. The same commands run as
 ``python -m training.train|evaluate|calibrate|export``.
@@ -35,11 +35,19 @@ def export_main(argv: list[str] | None = None) -> int:
     return main(argv)
 
 
+def import_hf_main(argv: list[str] | None = None) -> int:
+    """Import a local Hugging Face sequence classifier (own labels and head) into model_repo."""
+    from training.import_hf import main
+
+    return main(argv)
+
+
 COMMANDS = {
     "train": train_main,
     "eval": eval_main,
     "calibrate": calibrate_main,
     "export": export_main,
+    "import-hf": import_hf_main,
 }
 
 

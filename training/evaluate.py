@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from serving.engine.postprocess import PostProcessor
 from serving.engine.tokenization import ChunkingTokenizer, pad_batch
-from serving.model.load import LoadedModel, ModerationModel, load_model
+from serving.model.load import LoadedModel, load_model
 from serving.model.repo_config import ModelConfig
 from training import data as D
 from training import metrics as M
@@ -36,7 +37,7 @@ log = logging.getLogger("training.evaluate")
 
 @torch.no_grad()
 def score_heads(
-    model: ModerationModel,
+    model: nn.Module,
     tokenizer,
     cfg: ModelConfig,
     texts: Sequence[str],

@@ -45,7 +45,12 @@ import torch
 from transformers import AutoTokenizer
 
 from serving.model.load import LoadedModel, ModerationModel, load_model, save_weights
-from serving.model.quantize import quantize_encoder_int8, save_smoothing, smoothing_factors
+from serving.model.quantize import (
+    int8_sensitivity,
+    quantize_encoder_int8,
+    save_smoothing,
+    smoothing_factors,
+)
 from serving.model.repo_config import ModelConfig, save_model_config
 from training import data as D
 from training import dilution as DL
@@ -172,18 +177,33 @@ def ship(
 
     calib = [e.text for e in random.Random(0).sample(train, min(SMOOTHING_TEXTS, len(train)))]
     log.info("int8 smoothing factors from %d training texts", len(calib))
+    encoder = loaded.moderation_model.encoder
     factors = smoothing_factors(
-        loaded.model.encoder, lambda: score_heads(loaded.model, loaded.tokenizer, loaded.cfg, calib)
+        encoder, lambda: score_heads(loaded.model, loaded.tokenizer, loaded.cfg, calib)
     )
     save_smoothing(factors, cfg.version_dir(model_dir))
-    log.info("scoring %d validation rows (int8 W8A8, serving.model.quantize)", len(texts))
-    qmodel = copy.deepcopy(loaded.model)
-    quantize_encoder_int8(qmodel.encoder, factors)
-    s8 = served_scores(score_heads(qmodel, loaded.tokenizer, cfg, texts), texts, cfg)
-    rep8 = report(cfg, y, m, s8)
+    ranked = int8_sensitivity(
+        encoder, lambda: score_heads(loaded.model, loaded.tokenizer, loaded.cfg, calib), factors
+    )
     limits = limits_for("int8", max_auprc_drop=int8_auprc_drop)
-    gate = int8_gate(cfg, y, m, s32, s8, rep32, rep8, limits)
+    attempts = []
+    for kept in INT8_FLOAT_LAYER_STEPS:  # the fewest float layers that pass the gate
+        keep = [name for name, _ in ranked[:kept]]
+        log.info("scoring %d validation rows (int8 W8A8, %d Linears kept float32)",
+                 len(texts), kept)  # fmt: skip
+        qmodel = copy.deepcopy(loaded.moderation_model)
+        quantize_encoder_int8(qmodel.encoder, factors, keep_float=keep)
+        s8 = served_scores(score_heads(qmodel, loaded.tokenizer, cfg, texts), texts, cfg)
+        rep8 = report(cfg, y, m, s8)
+        gate = int8_gate(cfg, y, m, s32, s8, rep32, rep8, limits)
+        gate["float_layers"] = keep
+        attempts.append({k: gate[k] for k in ("float_layers", "row_flag_agreement",
+                                              "p999_abs_score_diff", "failures")})  # fmt: skip
+        if gate["int8_ok"]:
+            break
+    gate["attempts"] = attempts
     cfg.int8_ok = gate["int8_ok"]
+    cfg.int8_float_layers = gate["float_layers"] if cfg.int8_ok else []
     save_model_config(cfg, model_dir)
 
     bleed = cross_category_flag_rate(cfg, val, m, s32)
@@ -244,6 +264,7 @@ def ship(
     return out
 
 
+INT8_FLOAT_LAYER_STEPS = (0, 2, 4, 8)  # Linears kept float32, tried in turn until int8 passes
 STAGING_DIR = "export"  # <run dir>/export/<name>: the candidate, before promotion
 KEEP_VERSIONS = 2  # version folders kept in model_repo/<name> (the served one + previous)
 

@@ -773,14 +773,14 @@ def init_from_model_dir(model: ModerationModel, model_dir: Path) -> None:
     from serving.model.load import load_model
 
     src = load_model(model_dir, "cpu", "float32")
-    model.encoder.load_state_dict(src.model.encoder.state_dict())
+    model.encoder.load_state_dict(src.moderation_model.encoder.state_dict())
     old = {w: i for i, w in enumerate(src.cfg.labels)}
     new = [w for w in model.cfg.labels if w not in old]
     with torch.no_grad():
         for j, w in enumerate(model.cfg.labels):
             if w in old:
-                model.classifier.weight[j] = src.model.classifier.weight[old[w]]
-                model.classifier.bias[j] = src.model.classifier.bias[old[w]]
+                model.classifier.weight[j] = src.moderation_model.classifier.weight[old[w]]
+                model.classifier.bias[j] = src.moderation_model.classifier.bias[old[w]]
             else:
                 model.classifier.weight[j].zero_()
                 model.classifier.bias[j] = NEW_HEAD_BIAS

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import __version__
+from serving.api.classify import classify_router
 from serving.api.kserve import KSERVE_PREFIX, kserve_router
 from serving.api.openai import openai_router
 from serving.api.request_id import RequestIdMiddleware, request_id
@@ -62,6 +63,7 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
             ],
         )
     app.include_router(openai_router(registry))
+    app.include_router(classify_router(registry))
     app.include_router(kserve_router(registry))
 
     def error_response(

@@ -24,6 +24,8 @@ from serving.protocol.openai import (
     ModerationResponse,
     build_response,
     echoed_model,
+    openai_categories,
+    openai_view,
     parse_request,
     unscored_categories,
 )
@@ -62,12 +64,11 @@ def openai_router(registry: Registry) -> APIRouter:
         engine = registry.resolve(requested)
         metrics.requests.labels(engine.name).inc()
         result = await until_disconnect(request, engine.classify(texts))
+        categories, scores, flags = openai_view(
+            engine.label_map, result.categories, result.scores, result.flags
+        )
         payload = build_response(
-            echoed_model(requested, engine.name),
-            result.categories,
-            result.scores,
-            result.flags,
-            result.extras,
+            echoed_model(requested, engine.name), categories, scores, flags, result.extras
         )
         t = result.timings
         note_access(request.scope, engine.name, len(texts), t.tokens)
@@ -81,7 +82,7 @@ def openai_router(registry: Registry) -> APIRouter:
             "x-cached-inputs": str(t.cached_inputs),
             "x-model": engine.name,
         }
-        if unscored := unscored_categories(result.categories):
+        if unscored := unscored_categories(categories):
             headers["x-unscored-categories"] = ",".join(unscored)
         return JSONResponse(payload, headers=headers)
 
@@ -121,8 +122,9 @@ def openai_router(registry: Registry) -> APIRouter:
                     "object": "model",
                     "created": registry.created,
                     "owned_by": "modserve",
-                    "categories": list(e.categories),
-                    UNSCORED: unscored_categories(e.categories),
+                    "categories": openai_categories(e.label_map, e.categories),
+                    UNSCORED: unscored_categories(openai_categories(e.label_map, e.categories)),
+                    **({"labels": list(e.categories)} if e.label_map else {}),
                 }
                 for m, e in served
             ],

@@ -87,6 +87,7 @@ class Engine:
         self.buckets = cfg.buckets_tokens
         self.post = PostProcessor(cfg)
         self.categories = self.post.categories
+        self.label_map = dict(cfg.label_map)
         device = str(loaded.device).split(":")[0]
         self.batcher = TokenBudgetBatcher(
             self.buckets,

@@ -51,8 +51,15 @@ class EnsembleEngine:
     """A ``Classifier`` that fans a request out to its members and combines the scores."""
 
     version = "1"  # an ensemble has no model_repo version folder
+    label_map: dict[str, str] = {}  # noqa: RUF012 - never mutated: its columns are OpenAI's
 
     def __init__(self, cfg: EnsembleConfig, members: Mapping[str, Classifier]) -> None:
+        imported = [n for n, m in members.items() if m.label_map]
+        if imported:
+            raise ValueError(
+                f"ensemble {cfg.name!r}: {imported} are imported models with their own labels; "
+                "an ensemble combines models that score OpenAI categories"
+            )
         self.cfg = cfg
         self.name = cfg.name
         self.members = members

@@ -21,9 +21,16 @@ from serving.model.repo_config import ModelConfig
 class Flagger:
     """Thresholds + hierarchy for one column order: score >= threshold, child flag => parent."""
 
-    def __init__(self, categories: list[str], thresholds: list[float]) -> None:
+    def __init__(
+        self, categories: list[str], thresholds: list[float], hierarchy: bool = True
+    ) -> None:
+        """``hierarchy``: OpenAI's parent/child rule; off for a model's own labels."""
         col = {w: i for i, w in enumerate(categories)}
-        pairs = [(col[w], col[p]) for w in categories if (p := parent_of(w)) in col]
+        pairs = (
+            [(col[w], col[p]) for w in categories if (p := parent_of(w)) in col]
+            if hierarchy
+            else []
+        )
         self.child_cols = np.array([c for c, _ in pairs], dtype=np.int64)
         self.parent_cols = np.array([p for _, p in pairs], dtype=np.int64)
         self.thresholds = np.array(thresholds, dtype=np.float32)
@@ -50,7 +57,11 @@ class PostProcessor:
             (col[child], col[rule.parent], rule.compiled(), rule.ungated_factor)
             for child, rule in cfg.derived.items()
         ]
-        self.flagger = Flagger(self.categories, [cfg.threshold(w) for w in self.categories])
+        self.flagger = Flagger(
+            self.categories,
+            [cfg.threshold(w) for w in self.categories],
+            hierarchy=cfg.architecture == "modserve",
+        )
         self.child_cols, self.parent_cols = self.flagger.child_cols, self.flagger.parent_cols
 
     def scores(

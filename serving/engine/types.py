@@ -53,7 +53,14 @@ class Classifier(Protocol):
 
     @property
     def categories(self) -> list[str]:
-        """Column order of ``ClassifyResult.scores`` (OpenAI wire names)."""
+        """Column order of ``ClassifyResult.scores``: OpenAI wire names, or an imported
+        model's own labels (see ``label_map``)."""
+        ...
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        """An imported model's own label -> OpenAI category (``categories`` are then its own
+        labels); empty when ``categories`` are OpenAI's already."""
         ...
 
     @property

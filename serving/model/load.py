@@ -16,6 +16,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -64,14 +65,53 @@ class ModerationModel(nn.Module):
         )
 
 
+class HFSequenceClassifier(nn.Module):
+    """A transformers ``*ForSequenceClassification`` model with its own head, as the engine
+    runs models: (B, T) token ids + mask -> (B, L) fp32 scores, sigmoid or softmax as the
+    checkpoint's ``problem_type`` says (``activation`` in config.yaml)."""
+
+    def __init__(self, model: PreTrainedModel, activation: str) -> None:
+        super().__init__()
+        self.model = model
+        self.activation = activation
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        if self.activation == "softmax":
+            return torch.softmax(logits, dim=-1)
+        return torch.sigmoid(logits)
+
+
+def load_hf_classifier(vdir: Path) -> PreTrainedModel:
+    """The checkpoint in ``vdir`` with every weight used: a weight the architecture does not
+    use, or one it needs that the file lacks (it would be random), fails the load."""
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        str(vdir), local_files_only=True, output_loading_info=True
+    )
+    problems = {k: v for k, v in info.items() if v and k != "error_msgs"} | (
+        {"error_msgs": info["error_msgs"]} if info.get("error_msgs") else {}
+    )
+    if problems:
+        raise ValueError(f"{vdir}: the checkpoint's weights do not match its config: {problems}")
+    return model
+
+
 @dataclass
 class LoadedModel:
     name: str
     cfg: ModelConfig
-    model: ModerationModel
+    model: nn.Module  # ModerationModel, or HFSequenceClassifier (architecture: hf)
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: str  # "float32" | "float16" | "bfloat16" | "int8"
+
+    @property
+    def moderation_model(self) -> ModerationModel:
+        """The modserve-architecture model (training, int8 export, core benchmarks need its
+        encoder and head); an imported hf model has neither."""
+        if not isinstance(self.model, ModerationModel):
+            raise TypeError(f"model {self.name!r} is an imported hf classifier, not modserve's")
+        return self.model
 
 
 def resolve_dtype(requested: str, device: torch.device, cfg: ModelConfig) -> str:
@@ -140,6 +180,11 @@ def load_model(
         raise FileNotFoundError(f"{weights} not found (model {cfg.name!r} version {cfg.version})")
     dev = torch.device(device)
     chosen = resolve_dtype(dtype, dev, cfg)
+    if cfg.architecture == "hf":
+        hf = HFSequenceClassifier(load_hf_classifier(vdir), cfg.activation).float().eval()
+        if chosen != "float32":
+            hf.to(DTYPES[chosen])
+        return _loaded(cfg, hf.to(dev), vdir, dev, chosen)
     hf_cfg = AutoConfig.from_pretrained(str(vdir), local_files_only=True)
     encoder = AutoModel.from_config(hf_cfg, add_pooling_layer=False)
     model = ModerationModel(encoder, len(cfg.labels), cfg)
@@ -165,12 +210,19 @@ def load_model(
     model.classifier.load_state_dict(head)
     model.float().eval()
     if chosen == "int8":
-        quantize_encoder_int8(model.encoder, load_smoothing(vdir), int8_compile)
+        quantize_encoder_int8(
+            model.encoder, load_smoothing(vdir), int8_compile, cfg.int8_float_layers
+        )
     elif chosen != "float32":
         nn.Module.to(model.encoder, DTYPES[chosen])
-    model.to(dev)
+    return _loaded(cfg, model.to(dev), vdir, dev, chosen)
+
+
+def _loaded(
+    cfg: ModelConfig, model: nn.Module, vdir: Path, dev: torch.device, dtype: str
+) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(str(vdir), local_files_only=True, use_fast=True)
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ValueError(f"{vdir}: a fast (Rust) tokenizer (tokenizer.json) is required")
-    log.info("loaded model %s v%s on %s as %s", cfg.name, cfg.version, dev, chosen)
-    return LoadedModel(cfg.name, cfg, model, tokenizer, dev, chosen)
+    log.info("loaded model %s v%s on %s as %s", cfg.name, cfg.version, dev, dtype)
+    return LoadedModel(cfg.name, cfg, model, tokenizer, dev, dtype)

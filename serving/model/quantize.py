@@ -46,7 +46,7 @@ two core threads (``MODSERVE_CPU_WORKERS=2``) that took a 16 x 64 int8 forward l
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -129,16 +129,20 @@ def quantize_encoder_int8(
     encoder: nn.Module,
     smoothing: dict[str, torch.Tensor] | None = None,
     compile_model: bool | None = None,
+    keep_float: Collection[str] = (),
 ) -> nn.Module:
     """``encoder`` with every Linear as :class:`Int8Linear`, compiled unless disabled.
 
     ``smoothing``: per-Linear factors by qualified name (:func:`smoothing_factors`,
-    :func:`load_smoothing`); missing names are quantised unsmoothed. The module is modified
-    in place; pass a copy to keep a float32 reference. Returns the same module.
+    :func:`load_smoothing`); missing names are quantised unsmoothed. ``keep_float``: Linears
+    (qualified names) left in float32, the few whose int8 error moves scores most (the
+    model config's ``int8_float_layers``, chosen by the export: :func:`int8_sensitivity`).
+    The module is modified in place; pass a copy to keep a float32 reference. Returns it.
     """
     smoothing = smoothing or {}
     for parent, attr, name, linear in _linears(encoder):
-        setattr(parent, attr, Int8Linear(linear, smoothing.get(name)))
+        if name not in keep_float:
+            setattr(parent, attr, Int8Linear(linear, smoothing.get(name)))
     if compile_model is None:
         compile_model = Settings().int8_compile  # MODSERVE_INT8_COMPILE
     if compile_model:
@@ -182,6 +186,40 @@ def smoothing_factors(
         w = lin.weight.detach().float().abs().amax(dim=0).clamp(min=1e-5)
         factors[name] = (a.pow(alpha) / w.pow(1.0 - alpha)).clamp(min=1e-5)
     return factors
+
+
+def int8_sensitivity(
+    encoder: nn.Module,
+    run_calibration: Callable[[], object],
+    smoothing: dict[str, torch.Tensor] | None = None,
+) -> list[tuple[str, float]]:
+    """Every Linear of a float ``encoder`` with its int8 error, largest first: the relative
+    squared error ``|int8(x) - linear(x)|^2 / |linear(x)|^2`` of its own output on the inputs
+    it sees while ``run_calibration`` runs (each layer alone, on float inputs)."""
+    smoothing = smoothing or {}
+    err: dict[str, list[float]] = {}
+
+    def record(name: str, q: Int8Linear) -> Callable[..., None]:
+        def hook(_mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            diff = (q(inputs[0]) - out).float().pow(2).sum()
+            e = err.setdefault(name, [0.0, 0.0])
+            e[0] += float(diff)
+            e[1] += float(out.float().pow(2).sum())
+
+        return hook
+
+    handles = [
+        lin.register_forward_hook(record(name, Int8Linear(lin, smoothing.get(name))))
+        for _, _, name, lin in _linears(encoder)
+    ]
+    try:
+        with torch.inference_mode():
+            run_calibration()
+    finally:
+        for h in handles:
+            h.remove()
+    ranked = [(n, num / max(den, 1e-12)) for n, (num, den) in err.items()]
+    return sorted(ranked, key=lambda x: -x[1])
 
 
 def save_smoothing(factors: dict[str, torch.Tensor], version_dir: Path) -> None:

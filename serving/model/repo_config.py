@@ -11,6 +11,11 @@ Layout (written by ``modserve train``/``training.export``, read by ``serving.mod
         model.safetensors  encoder weights under their AutoModel names
                            + "classifier.weight" (C, H) and "classifier.bias" (C,)
 
+An imported model (``architecture: hf``, ``modserve import-hf``) has a transformers
+checkpoint in ``<version>/`` (config.json with its own head and ``id2label``,
+model.safetensors under its own names, tokenizer) and its own ``labels``; ``label_map``
+says which of them answer which OpenAI categories.
+
 The classifier rows are in the order of ``labels``. Categories listed under
 ``derived`` have no trained head: their score is computed from a parent score
 and a transparent lexicon gate (see ``DerivedRule``).
@@ -52,7 +57,19 @@ class ModelConfig(BaseModel):
     name: str
     version: str = "1"
     description: str = ""
+    architecture: Literal["modserve", "hf"] = Field(
+        "modserve",
+        description="modserve: encoder + modserve's pooled head (model.safetensors as above); "
+        "hf: a transformers *ForSequenceClassification checkpoint served with its own head "
+        "(``modserve import-hf``); its labels are its own names",
+    )
     labels: list[str] = Field(description="categories with a trained head, in classifier row order")
+    label_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="hf models: own label -> OpenAI category, for /v1/moderations (several "
+        "labels may map to one category: it scores their max); unmapped labels are served by "
+        "/v1/classify and KServe only",
+    )
     thresholds: dict[str, float] = Field(default_factory=dict)
     default_threshold: float = 0.5
     derived: dict[str, DerivedRule] = Field(default_factory=dict)
@@ -71,19 +88,46 @@ class ModelConfig(BaseModel):
     activation: Literal["sigmoid", "softmax"] = "sigmoid"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     int8_ok: bool = Field(False, description="int8 passed the accuracy gate for this model")
+    int8_float_layers: list[str] = Field(
+        default_factory=list,
+        description="encoder Linears kept float32 when serving int8 (qualified names): the "
+        "fewest whose int8 error moved scores most, chosen by the export so int8 passes the "
+        "gate; each costs a little int8 speed",
+    )
 
     @field_validator("labels")
     @classmethod
-    def _known_labels(cls, v: list[str]) -> list[str]:
-        for w in v:
-            if w not in BY_WIRE:
-                raise ValueError(f"unknown category {w!r}")
-        if len(set(v)) != len(v):
-            raise ValueError("duplicate labels")
+    def _unique_labels(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v) or not all(v):
+            raise ValueError("labels must be non-empty and unique")
         return v
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.architecture == "hf":
+            self._check_hf()
+        else:
+            self._check_modserve()
+        b = sorted(set(self.buckets_tokens))
+        if not b or b[-1] < self.max_length_tokens:
+            b.append(self.max_length_tokens)
+        self.buckets_tokens = [x for x in b if x <= self.max_length_tokens]
+        if self.chunk_stride_tokens >= self.max_length_tokens - 2:
+            raise ValueError("chunk_stride_tokens must be smaller than max_length_tokens - 2")
+        if self.span_tokens and not (
+            self.span_stride_tokens < self.span_tokens - 2 <= self.max_length_tokens - 2
+        ):
+            raise ValueError(
+                "span_tokens must fit the model window and exceed span_stride_tokens + 2"
+            )
+        return self
+
+    def _check_modserve(self) -> None:
+        for w in self.labels:
+            if w not in BY_WIRE:
+                raise ValueError(f"unknown category {w!r}")
+        if self.label_map:
+            raise ValueError("label_map is for architecture: hf (own label names)")
         for child, rule in self.derived.items():
             if child not in BY_WIRE or rule.parent not in BY_WIRE:
                 raise ValueError(f"derived rule {child!r} <- {rule.parent!r}: unknown category")
@@ -100,23 +144,25 @@ class ModelConfig(BaseModel):
         for w in self.thresholds:
             if w not in BY_WIRE:
                 raise ValueError(f"threshold for unknown category {w!r}")
-        b = sorted(set(self.buckets_tokens))
-        if not b or b[-1] < self.max_length_tokens:
-            b.append(self.max_length_tokens)
-        self.buckets_tokens = [x for x in b if x <= self.max_length_tokens]
-        if self.chunk_stride_tokens >= self.max_length_tokens - 2:
-            raise ValueError("chunk_stride_tokens must be smaller than max_length_tokens - 2")
-        if self.span_tokens and not (
-            self.span_stride_tokens < self.span_tokens - 2 <= self.max_length_tokens - 2
-        ):
-            raise ValueError(
-                "span_tokens must fit the model window and exceed span_stride_tokens + 2"
-            )
-        return self
+
+    def _check_hf(self) -> None:
+        if self.derived:
+            raise ValueError("derived categories are for architecture: modserve")
+        for own, wire in self.label_map.items():
+            if own not in self.labels:
+                raise ValueError(f"label_map: {own!r} is not one of the model's labels")
+            if wire not in BY_WIRE:
+                raise ValueError(f"label_map: {own!r} -> unknown OpenAI category {wire!r}")
+        for w in self.thresholds:
+            if w not in self.labels:
+                raise ValueError(f"threshold for unknown label {w!r}")
 
     @property
     def served_categories(self) -> list[str]:
-        """Everything this model answers for, in canonical order."""
+        """Everything this model answers for: the OpenAI categories in canonical order, or
+        an hf model's own labels in its classifier order."""
+        if self.architecture == "hf":
+            return list(self.labels)
         return ordered([*self.labels, *self.derived])
 
     def threshold(self, wire: str) -> float:

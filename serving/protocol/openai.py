@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.categories import BY_WIRE, WIRE_NAMES
+from serving.categories import BY_WIRE, WIRE_NAMES, ordered
 from serving.errors import InvalidRequest, clip, clip_all
 from serving.protocol.limits import check_texts
 
@@ -161,6 +161,30 @@ def unscored_categories(categories: list[str]) -> list[str]:
     """The OpenAI categories a model serving ``categories`` has no score for."""
     have = set(categories)
     return [w for w in WIRE_NAMES if w not in have]
+
+
+def openai_view(
+    label_map: dict[str, str], categories: list[str], scores: np.ndarray, flags: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """An imported model's own labels as OpenAI categories (``label_map``): a category
+    scores the max of the labels mapped to it and is flagged if any of them is; labels
+    mapped to nothing are left out. Without a map the columns are OpenAI's already."""
+    if not label_map:
+        return categories, scores, flags
+    wires = ordered(sorted(set(label_map.values())))
+    out_s = np.zeros((scores.shape[0], len(wires)), dtype=np.float32)
+    out_f = np.zeros((scores.shape[0], len(wires)), dtype=bool)
+    for j, own in enumerate(categories):
+        if own in label_map:
+            k = wires.index(label_map[own])
+            out_s[:, k] = np.maximum(out_s[:, k], scores[:, j])
+            out_f[:, k] |= flags[:, j]
+    return wires, out_s, out_f
+
+
+def openai_categories(label_map: dict[str, str], categories: list[str]) -> list[str]:
+    """The OpenAI categories a model scores (see :func:`openai_view`)."""
+    return ordered(sorted(set(label_map.values()))) if label_map else list(categories)
 
 
 def full_taxonomy(

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from serving.protocol.limits import check_texts
-from serving.protocol.openai import echoed_model, full_taxonomy, new_id
+from serving.protocol.openai import echoed_model, full_taxonomy, new_id, openai_view
 from serving.rpc.common import Context, ServicerBase
 from serving.rpc.interceptors import served_model
 
@@ -82,7 +82,7 @@ class ModerationServicer(ServicerBase, pb_grpc.ModerationServicer):
         result = await engine.classify(texts, timeout_s=self.time_left_s(context))
         response = pb.ModerateResponse(id=new_id(), model=echoed_model(request.model, engine.name))
         cats, scores, flags, unscored = full_taxonomy(
-            result.categories, result.scores, result.flags
+            *openai_view(engine.label_map, result.categories, result.scores, result.flags)
         )
         for row_s, row_f in zip(scores.tolist(), flags.tolist(), strict=True):
             r = response.results.add(flagged=any(row_f), unscored_categories=unscored)

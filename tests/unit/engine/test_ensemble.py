@@ -19,6 +19,7 @@ class Fixed:
 
     def __init__(self, name: str, rows: list[list[float]], threshold: float = 0.5) -> None:
         self.name, self.categories = name, CATS
+        self.label_map: dict[str, str] = {}  # OpenAI columns already
         self.scores = np.array(rows, dtype=np.float32)
         self.threshold = threshold
 
@@ -53,6 +54,14 @@ async def test_plain_mean_ignores_weights_and_child_flags_parent():
     r = await EnsembleEngine(cfg, {"a": a, "b": b}).classify(["x"])
     np.testing.assert_allclose(r.scores[0], [0.3, 0.3, 0.0], atol=1e-6)
     assert r.flags[0].tolist() == [True, True, False]  # child over 0.3 flags hate too
+
+
+def test_an_imported_model_with_its_own_labels_cannot_be_a_member():
+    a, b = Fixed("a", [[0.2, 0.2, 0.0]]), Fixed("b", [[0.4, 0.4, 0.0]])
+    b.label_map = {"toxic": "harassment"}
+    cfg = EnsembleConfig(name="e", members={"a": 1.0, "b": 1.0})
+    with pytest.raises(ValueError, match="imported models with their own labels"):
+        EnsembleEngine(cfg, {"a": a, "b": b})
 
 
 def test_plan_models_loads_members_once(tmp_path: Path):

@@ -16,6 +16,7 @@ from serving.model import quantize
 from serving.model.quantize import (
     SMOOTHING_FILE,
     Int8Linear,
+    int8_sensitivity,
     load_smoothing,
     quantize_encoder_int8,
     save_smoothing,
@@ -41,6 +42,28 @@ def _inputs(batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _hidden(enc: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return enc(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def test_sensitivity_ranks_every_linear_and_keeping_the_worst_float_helps() -> None:
+    """The export keeps the Linears with the largest int8 error in float32 when int8 fails
+    its gate: the ranking covers every Linear, and keeping its head float brings the
+    encoder's output closer to fp32 than quantising everything."""
+    ref = _encoder()
+    with torch.no_grad():  # one layer with an outlier input channel: int8's worst
+        ref.encoder.layer[1].output.dense.weight[:, 3] *= 40.0
+    ids, mask = _inputs(4, 20)
+    ranked = int8_sensitivity(ref, lambda: _hidden(ref, ids, mask))
+    names = [n for n, _ in ranked]
+    assert sorted(names) == sorted(n for n, m in ref.named_modules() if isinstance(m, nn.Linear))
+    errors = [e for _, e in ranked]
+    assert errors == sorted(errors, reverse=True) and errors[-1] >= 0
+    assert names[0] == "encoder.layer.1.output.dense"
+    full = quantize_encoder_int8(copy.deepcopy(ref), compile_model=False)
+    mixed = quantize_encoder_int8(copy.deepcopy(ref), compile_model=False, keep_float=names[:1])
+    assert isinstance(mixed.encoder.layer[1].output.dense, nn.Linear)
+    assert sum(isinstance(m, Int8Linear) for m in mixed.modules()) == len(names) - 1
+    a = _hidden(ref, ids, mask)
+    assert (_hidden(mixed, ids, mask) - a).norm() < (_hidden(full, ids, mask) - a).norm()
 
 
 def test_every_linear_is_int8_and_close_to_fp32() -> None:
