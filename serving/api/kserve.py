@@ -2,7 +2,8 @@
 
 Routes (``/versions/{version}`` variants too): ``GET /v2``, ``/v2/health/live``,
 ``/v2/health/ready``, ``GET /v2/models/{name}`` (metadata), ``.../ready``,
-``.../config``, ``POST .../infer``. Inference takes the JSON form (BYTES data
+``.../config``, ``.../stats``, ``POST .../infer``, ``GET /v2/models/stats``,
+``POST /v2/repository/index``. Inference takes the JSON form (BYTES data
 as strings) and Triton's binary tensor extension (``Inference-Header-Content-Length``),
 so ``tritonclient.http`` works with its defaults. Errors leave as ``{"error": "..."}``.
 """
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from serving.api.auth import require_api_key
 from serving.api.body import parse_json, read_body, until_disconnect
 from serving.api.request_id import note_access
+from serving.engine.stats import model_statistics, repository_index
 from serving.engine.types import Registry, readiness_error
 from serving.errors import InvalidRequest, NotReady, clip
 from serving.protocol import kserve
@@ -55,6 +57,19 @@ def kserve_router(reg: Registry) -> APIRouter:
 
         return deco
 
+    # before /models/{name}: "stats" is not a model name
+    @router.get("/models/stats", summary="Every model's statistics", dependencies=keyed)
+    async def all_stats() -> dict[str, Any]:
+        return {"model_stats": model_statistics(list(reg.engines.values()))}
+
+    @router.post("/repository/index", summary="Served models and their state", dependencies=keyed)
+    async def repository(request: Request) -> list[dict[str, str]]:
+        body = parse_json(await read_body(request, settings.max_request_body_bytes) or b"{}")
+        index = repository_index(list(reg.engines.values()))
+        if isinstance(body, dict) and body.get("ready") is True:
+            index = [m for m in index if m["state"] == "READY"]
+        return index
+
     @router.get("", summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:
         return {"name": kserve.SERVER_NAME, "version": kserve.SERVER_VERSION, "extensions": []}
@@ -82,6 +97,10 @@ def kserve_router(reg: Registry) -> APIRouter:
         if not engine.ready:
             raise NotReady(f"Model {engine.name!r} is still loading.")
         return JSONResponse({"name": engine.name, "ready": True})
+
+    @route("GET", "/stats", "Model statistics (Triton form; cumulative since load)")
+    async def stats(request: Request, name: str, version: str) -> Response:
+        return JSONResponse({"model_stats": model_statistics([reg.resolve(name, version)])})
 
     @route("GET", "/config", "Model config (Triton form)")
     async def config(request: Request, name: str, version: str) -> Response:

@@ -31,6 +31,7 @@ from serving.engine.batcher import Batch, TokenBudgetBatcher
 from serving.engine.metrics import Metrics
 from serving.engine.postprocess import PostProcessor
 from serving.engine.response_cache import ResponseCache, tokenizer_normalizer
+from serving.engine.stats import InferenceStats
 from serving.engine.tokenization import (
     Chunk,
     ChunkingTokenizer,
@@ -88,6 +89,7 @@ class Engine:
         self.post = PostProcessor(cfg)
         self.categories = self.post.categories
         self.label_map = dict(cfg.label_map)
+        self.stats = InferenceStats()  # Triton-form counters: KServe .../stats
         device = str(loaded.device).split(":")[0]
         self.batcher = TokenBudgetBatcher(
             self.buckets,
@@ -166,6 +168,27 @@ class Engine:
         if not self.ready:
             raise NotReady(f"Model {self.name!r} is still loading; retry shortly.")
         t0 = time.perf_counter()
+        try:
+            result = await self._classify(texts, timeout_s, t0)
+        except BaseException:
+            self.stats.request_done(False, time.perf_counter() - t0)
+            raise
+        t = result.timings
+        self.stats.request_done(
+            True,
+            t.total_s,
+            len(texts),
+            t.cached_inputs,
+            queue=t.queue_s,
+            compute_input=t.tokenization_s,
+            compute_infer=t.inference_s,
+            compute_output=max(0.0, t.total_s - t.tokenization_s - t.queue_s - t.inference_s),
+        )
+        return result
+
+    async def _classify(
+        self, texts: list[str], timeout_s: float | None, t0: float
+    ) -> ClassifyResult:
         keys = [self.cache.key(t) for t in texts] if self.cache.enabled else []
         known = self.cache.lookup(keys) if keys else [None] * len(texts)
         # each distinct unknown text once (a request may repeat a text)
@@ -361,6 +384,7 @@ class Engine:
 
     # -- metrics ----------------------------------------------------------------------------
     def _record_batch(self, batch: Batch, infer_s: float) -> None:
+        self.stats.execution_count += 1
         m, n = self.metrics, self.name
         m.batch_size.labels(n, str(batch.bucket)).observe(len(batch.items))
         m.batch_tokens.labels(n).observe(batch.padded_tokens)

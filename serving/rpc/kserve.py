@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from serving.engine.stats import model_statistics, repository_index
 from serving.engine.types import Classifier
 from serving.errors import InvalidRequest, ModerationError
 from serving.protocol import kserve
@@ -107,16 +109,33 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
-        """Names and versions only (counters live in /metrics); perf_analyzer asks for it."""
+        """Triton's statistics (``serving.engine.stats``), as over HTTP."""
         try:
             self.check_auth(context)
             engines = list(self.registry.engines.values())
             if request.name:
-                engines = [self.registry.resolve(request.name)]
+                engines = [self.registry.resolve(request.name, request.version)]
         except Exception as e:
             await self.fail(context, e)
         return pb.ModelStatisticsResponse(
-            model_stats=[pb.ModelStatistics(name=e.name, version=e.version) for e in engines]
+            model_stats=[
+                json_format.ParseDict(s, pb.ModelStatistics()) for s in model_statistics(engines)
+            ]
+        )
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        """Every served model and its state (READY once loaded and warmed)."""
+        try:
+            self.check_auth(context)
+        except Exception as e:
+            await self.fail(context, e)
+        index = repository_index(list(self.registry.engines.values()))
+        if request.ready:
+            index = [m for m in index if m["state"] == "READY"]
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in index]
         )
 
     async def ModelInfer(

@@ -73,6 +73,27 @@ def test_infer_matches_openai_route(client: th.InferenceServerClient, openai_sco
     np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
 
 
+def test_statistics_and_repository_index_with_tritonclient(client: th.InferenceServerClient):
+    """tritonclient's get_inference_statistics / get_model_repository_index: counters that
+    move with the requests served, every model READY."""
+    before = client.get_inference_statistics("tiny")["model_stats"][0]
+    client.infer("tiny", [text_input(TEXTS[:2], True)])
+    after = client.get_inference_statistics("tiny", "1")["model_stats"][0]
+    assert after["name"] == "tiny" and after["version"] == "1"
+    assert after["inference_count"] == before["inference_count"] + 2
+    success = after["inference_stats"]["success"]
+    assert success["count"] == before["inference_stats"]["success"]["count"] + 1
+    assert success["ns"] > before["inference_stats"]["success"]["ns"]
+    assert after["last_inference"] >= before["last_inference"]
+    every = client.get_inference_statistics()["model_stats"]
+    assert [m["name"] for m in every] == ["tiny"]
+    assert client.get_model_repository_index() == [
+        {"name": "tiny", "version": "1", "state": "READY"}
+    ]
+    with pytest.raises(InferenceServerException, match="nope"):
+        client.get_inference_statistics("nope")
+
+
 def test_plain_json_request_and_output_subset(server: ServerProcess, openai_scores):
     body = {
         "id": "req-7",

@@ -76,6 +76,22 @@ def test_triton_health_and_metadata(triton: tg.InferenceServerClient, openai):
     assert triton.get_inference_statistics("tiny").model_stats[0].name == "tiny"
 
 
+def test_triton_statistics_count_requests_and_index_lists_models(triton: tg.InferenceServerClient):
+    before = triton.get_inference_statistics("tiny", as_json=True)["model_stats"][0]
+    inp = tg.InferInput("TEXT", [3], "BYTES")
+    inp.set_data_from_numpy(np.array([t.encode() for t in TEXTS[:3]], dtype=object))
+    triton.infer("tiny", [inp])
+    after = triton.get_inference_statistics("tiny", as_json=True)["model_stats"][0]
+    # protobuf JSON: uint64 as strings, zero counters left out
+    count = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    assert count == 3
+    done = after["inference_stats"]["success"]
+    was = before.get("inference_stats", {}).get("success", {}).get("count", 0)
+    assert int(done["count"]) == int(was) + 1
+    index = triton.get_model_repository_index(as_json=True)["models"]
+    assert index == [{"name": "tiny", "version": "1", "state": "READY"}]
+
+
 def test_triton_infer_matches_openai_route(triton: tg.InferenceServerClient, openai):
     cats, expected_scores, expected_flags = openai
     inp = tg.InferInput("TEXT", [len(TEXTS)], "BYTES")
