@@ -24,5 +24,5 @@ RUN pip install -e '.[ray]' && python -m serving.rpc.protogen
 COPY model_repo ./model_repo
 
 EXPOSE 8000 8001
-ENV MODSERVE_MODEL_REPO=/app/model_repo
+ENV MODSERVE_MODEL_REPO=/app/model_repo MODSERVE_HOST=0.0.0.0
 CMD ["modserve", "serve"]

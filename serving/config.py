@@ -36,7 +36,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODSERVE_", extra="ignore", env_ignore_empty=True)
 
     # --- where and what to serve -------------------------------------------------------------
-    host: str = Field("0.0.0.0", description="Interface to bind; 127.0.0.1 keeps it local.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Interface to bind (HTTP and gRPC). The default keeps the server on this "
+        "machine; 0.0.0.0 serves every interface (the container image and the Helm chart "
+        "set it).",
+    )
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (OpenAI + KServe v2 routes).")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 = off.")
     model_repo: Path = Field(Path("model_repo"), description="Directory of model folders.")

@@ -39,3 +39,10 @@ def test_a_bad_setting_is_one_line_and_exit_2(
 
 def test_log_level_is_case_insensitive():
     assert Settings(log_level="WARNING").log_level == "warning"
+
+
+def test_the_server_binds_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("MODSERVE_HOST", raising=False)
+    assert settings_from_args(build_parser().parse_args(["serve"])).host == "127.0.0.1"
+    monkeypatch.setenv("MODSERVE_HOST", "0.0.0.0")  # what the image and the chart set
+    assert settings_from_args(build_parser().parse_args(["serve"])).host == "0.0.0.0"

@@ -55,6 +55,8 @@ applications:
 {{- define "modserve.env" -}}
 - name: HF_HUB_OFFLINE
   value: "1"
+- name: MODSERVE_HOST
+  value: "0.0.0.0"
 - name: MODSERVE_LOG_LEVEL
   value: {{ .Values.serve.logLevel | quote }}
 {{- if .Values.serve.apiKeysSecret }}

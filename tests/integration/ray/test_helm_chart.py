@@ -104,3 +104,16 @@ def test_cpu_values_request_no_gpus():
     (worker,) = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     resources = worker["template"]["spec"]["containers"][0]["resources"]
     assert "nvidia.com/gpu" not in resources["limits"]
+
+
+def test_pods_serve_every_interface(manifests):
+    """The server binds 127.0.0.1 by default; in a pod the ingress (HTTP and gRPC) must be
+    reachable from the Service, so the chart sets MODSERVE_HOST=0.0.0.0 on every container."""
+    _, docs = manifests
+    (rs,) = by_kind(docs, "RayService")
+    cluster = rs["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for pod in pods:
+        for c in pod["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert env.get("MODSERVE_HOST") == "0.0.0.0", c["name"]
