@@ -2,24 +2,33 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: install serve test lint unit integration bench bench-smoke clean
+.PHONY: install install-runtime serve test lint unit integration bench bench-smoke clean
 
-$(STAMP): pyproject.toml $(wildcard proto/*/*/*.proto)
+# What the server needs, nothing more (`make serve`).
+$(RUNTIME_STAMP): pyproject.toml $(wildcard proto/*/*/*.proto)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch pinned to the CPU build first, so nothing pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	# gRPC code from proto/ into serving/_proto/ (gitignored, never committed).
 	$(PY) -m serving.rpc.protogen
+	touch $(RUNTIME_STAMP)
+
+# + the development tools: tests, lint, benchmarks' peers, Ray (`make test`).
+$(STAMP): $(RUNTIME_STAMP)
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+install-runtime: $(RUNTIME_STAMP)
 
 install: $(STAMP)
 
-serve: install
+serve: install-runtime
 	$(VENV)/bin/modserve serve --port $(PORT)
 
 lint: install

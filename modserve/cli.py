@@ -22,8 +22,12 @@ def _pipeline_commands() -> dict[str, tuple[Callable[[list[str]], int], str]]:
 
 
 def _bench(argv: list[str]) -> int:
-    from benchmarks.load import main
-
+    try:
+        from benchmarks.load import main
+    except ImportError as e:  # the runtime install (`make serve`) has no benchmark tools
+        sys.stderr.write(f"modserve bench needs the development tools ({e.name} is missing): "
+                         "make install, or pip install -e '.[dev]'\n")  # fmt: skip
+        return 2
     return int(main(argv) or 0)
 
 
