@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,7 +47,10 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
         version=__version__,
         lifespan=lifespan,
         description="OpenAI-compatible moderation classifier server.",
+        docs_url=None,  # served below from local assets: /docs works offline
+        redoc_url=None,
     )
+    offline_docs(app)
     app.state.registry = registry
     app.add_middleware(RequestIdMiddleware, log_access=settings.access_log, metrics=metrics)
     if settings.cors_origins:
@@ -161,3 +165,27 @@ def log_error(request: Request, err: ModerationError) -> None:
         log.log(level, "%s %s -> %d %s: %s [%s]", request.method, clip(request.url.path),
                 err.status, err.code or err.type, clip(err.message, 300),
                 request_id(request.scope))  # fmt: skip
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def offline_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI 5 (renders OpenAPI 3.1) from the assets the ``fastapi-offline``
+    package ships (MIT), served by this process: no CDN, so it works air-gapped."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    static = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="modserve - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )

@@ -158,6 +158,18 @@ def test_models_health_ready_metrics_docs(server: ServerProcess, client: openai.
     assert httpx.get(server.base + "/openapi.json").json()["paths"]["/v1/moderations"]
 
 
+def test_docs_work_offline(server: ServerProcess):
+    """/docs loads Swagger UI 5 (OpenAPI 3.1) from this server, nothing from a CDN."""
+    page = httpx.get(server.base + "/docs")
+    assert page.status_code == 200 and "cdn." not in page.text
+    assert "/docs-assets/swagger-ui-bundle.js" in page.text and "/openapi.json" in page.text
+    js = httpx.get(server.base + "/docs-assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and "SwaggerUIBundle" in js.text[:2000]
+    css = httpx.get(server.base + "/docs-assets/swagger-ui.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert httpx.get(server.base + "/openapi.json").json()["openapi"].startswith("3.1")
+
+
 def test_concurrent_requests_all_answered(client: openai.OpenAI):
     texts = [f"message number {i} " * (1 + i % 7) for i in range(40)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
