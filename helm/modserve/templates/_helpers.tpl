@@ -57,6 +57,8 @@ applications:
   value: "1"
 - name: MODSERVE_HOST
   value: "0.0.0.0"
+- name: HOME  # the root filesystem may be read-only: caches go to the /tmp emptyDir
+  value: /tmp
 - name: MODSERVE_LOG_LEVEL
   value: {{ .Values.serve.logLevel | quote }}
 {{- if .Values.serve.apiKeysSecret }}
@@ -69,8 +71,10 @@ applications:
 {{- end -}}
 
 {{- define "modserve.volumeMounts" -}}
-{{- if .Values.model.volume.enabled }}
 volumeMounts:
+  - name: tmp  # Ray's session dir, compile caches: writable with a read-only root fs
+    mountPath: /tmp
+{{- if .Values.model.volume.enabled }}
   - name: models
     mountPath: {{ .Values.model.volume.mountPath }}
     readOnly: {{ .Values.model.volume.readOnly }}
@@ -78,13 +82,25 @@ volumeMounts:
 {{- end -}}
 
 {{- define "modserve.volumes" -}}
-{{- if .Values.model.volume.enabled }}
 volumes:
+  - name: tmp
+    emptyDir: {}
+{{- if .Values.model.volume.enabled }}
   - name: models
     persistentVolumeClaim:
       claimName: {{ .Values.model.volume.claimName }}
       readOnly: {{ .Values.model.volume.readOnly }}
 {{- end }}
+{{- end -}}
+
+{{- define "modserve.podSecurityContext" -}}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{- define "modserve.containerSecurityContext" -}}
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
 {{- end -}}
 
 {{- define "modserve.probes" -}}

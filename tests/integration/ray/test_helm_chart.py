@@ -63,12 +63,13 @@ def test_rayservice_validates_against_kuberay_crd(manifests):
     crd = yaml.safe_load(CRD.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema = version["schema"]["openAPIV3Schema"]
+    validator = jsonschema.validators.validator_for(schema)(schema)
     (rs,) = by_kind(manifests[1], "RayService")
-    jsonschema.validate(rs, schema)
+    validator.validate(rs)
     broken = yaml.safe_load(yaml.safe_dump(rs))  # the check can fail: a wrong type is caught
     broken["spec"]["rayClusterConfig"]["workerGroupSpecs"] = [{"groupName": 3}]
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, schema)
+        validator.validate(broken)
 
 
 def test_serve_config_parses_with_ray_schema(manifests):
@@ -117,3 +118,95 @@ def test_pods_serve_every_interface(manifests):
         for c in pod["template"]["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
             assert env.get("MODSERVE_HOST") == "0.0.0.0", c["name"]
+
+
+TOGGLES = {  # every on/off value README documents, each combination rendered
+    "gpuWorkers.enabled": [True, False],
+    "autoscaler.enabled": [True, False],
+    "podDisruptionBudget.enabled": [True, False],
+    "serviceMonitor.enabled": [True, False],
+    "model.volume.enabled": [True, False],
+    "serve.apiKeysSecret": ["", "modserve-keys"],
+}
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def test_every_documented_values_combination_renders_valid_manifests():
+    import itertools
+
+    from ray.serve.schema import ServeDeploySchema
+
+    crd = None  # one validator (checking the CRD's schema itself takes seconds per call)
+    if CRD.exists():
+        jsonschema = pytest.importorskip("jsonschema")
+        raw = yaml.safe_load(CRD.read_text())
+        v1 = next(v for v in raw["spec"]["versions"] if v["name"] == "v1")
+        schema = v1["schema"]["openAPIV3Schema"]
+        crd = jsonschema.validators.validator_for(schema)(schema)
+    keys = list(TOGGLES)
+    combos = list(itertools.product(*TOGGLES.values()))
+    assert len(combos) == 64
+    for combo in combos:
+        values = nested(dict(zip(keys, combo, strict=True)))
+        docs = helm.Chart.load(str(CHART)).render(values, name="m", namespace="n")
+        manifests = [d for text in docs.values() for d in yaml.safe_load_all(text) if d]
+        for d in manifests:
+            if d["apiVersion"] in ("v1", "policy/v1", "apps/v1"):
+                kubernetes_validate.validate(d, "1.30", strict=True)
+        (rs,) = by_kind(manifests, "RayService")
+        if crd is not None:
+            crd.validate(rs)
+        ServeDeploySchema.model_validate(yaml.safe_load(rs["spec"]["serveConfigV2"]))
+        pdbs = {d["metadata"]["name"] for d in by_kind(manifests, "PodDisruptionBudget")}
+        if values["podDisruptionBudget"]["enabled"]:
+            assert "m-head" in pdbs and ("m-workers" in pdbs) == values["gpuWorkers"]["enabled"]
+        else:
+            assert not pdbs
+
+
+def test_pods_run_unprivileged_with_a_read_only_root(manifests):
+    _, docs = manifests
+    (rs,) = by_kind(docs, "RayService")
+    cluster = rs["spec"]["rayClusterConfig"]
+    for pod in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        spec = pod["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] == 1000
+        assert {"name": "tmp", "emptyDir": {}} in spec["volumes"]
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"]
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+def test_head_pod_is_probed_and_has_its_own_disruption_budget(manifests):
+    _, docs = manifests
+    (rs,) = by_kind(docs, "RayService")
+    (head,) = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert head["livenessProbe"]["httpGet"]["path"] == "/-/healthz"
+    assert head["readinessProbe"]["httpGet"]["path"] == "/-/healthz"
+    budgets = {d["metadata"]["name"]: d["spec"] for d in by_kind(docs, "PodDisruptionBudget")}
+    head_pdb = budgets["modserve-head"]
+    assert head_pdb["maxUnavailable"] == 0
+    assert head_pdb["selector"]["matchLabels"]["ray.io/node-type"] == "head"
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [({"servee": {}}, "servee"), ({"serve": {"dtype": "fp8"}}, "dtype"),
+     ({"scaling": {"maxReplicas": 0}}, "maxReplicas")],
+)  # fmt: skip
+def test_values_schema_rejects_typos_and_bad_values(values: dict[str, Any], needle: str):
+    with pytest.raises(Exception, match=needle):
+        helm.Chart.load(str(CHART)).render(values, name="m", namespace="n")
