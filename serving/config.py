@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         "429 + Retry-After at once instead of a late 504. Lower = lower latency for what is "
         "admitted and more 429s under overload; higher = fewer 429s, longer queues.",
     )
+    otel_endpoint: str = Field(
+        "",
+        description="OTLP/HTTP traces URL (e.g. http://otel-collector:4318/v1/traces): one "
+        "span per classification with tokenize/queue/forward/post children, joined to the "
+        "caller's trace by a traceparent header. Empty = off (free). Needs "
+        "pip install 'modserve[otel]'.",
+    )
+    otel_service_name: str = Field("modserve", description="service.name of those spans.")
     cache_bytes: int = Field(
         64 * 2**20,
         ge=0,

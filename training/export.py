@@ -178,30 +178,32 @@ def ship(
     calib = [e.text for e in random.Random(0).sample(train, min(SMOOTHING_TEXTS, len(train)))]
     log.info("int8 smoothing factors from %d training texts", len(calib))
     encoder = loaded.moderation_model.encoder
-    factors = smoothing_factors(
-        encoder, lambda: score_heads(loaded.model, loaded.tokenizer, loaded.cfg, calib)
-    )
-    save_smoothing(factors, cfg.version_dir(model_dir))
-    ranked = int8_sensitivity(
-        encoder, lambda: score_heads(loaded.model, loaded.tokenizer, loaded.cfg, calib), factors
-    )
+
+    def run_calibration() -> object:
+        return score_heads(loaded.model, loaded.tokenizer, loaded.cfg, calib)
+
     limits = limits_for("int8", max_auprc_drop=int8_auprc_drop)
-    attempts = []
-    for kept in INT8_FLOAT_LAYER_STEPS:  # the fewest float layers that pass the gate
+    attempts, plans = [], {}
+    for kept, alpha in INT8_PLANS:  # the fewest float layers that pass the gate
+        if alpha not in plans:
+            factors = smoothing_factors(encoder, run_calibration, alpha)
+            plans[alpha] = factors, int8_sensitivity(encoder, run_calibration, factors)
+        factors, ranked = plans[alpha]
         keep = [name for name, _ in ranked[:kept]]
-        log.info("scoring %d validation rows (int8 W8A8, %d Linears kept float32)",
-                 len(texts), kept)  # fmt: skip
+        log.info("scoring %d validation rows (int8 W8A8, smoothing alpha %.2f, %d Linears kept "
+                 "float32)", len(texts), alpha, kept)  # fmt: skip
         qmodel = copy.deepcopy(loaded.moderation_model)
         quantize_encoder_int8(qmodel.encoder, factors, keep_float=keep)
         s8 = served_scores(score_heads(qmodel, loaded.tokenizer, cfg, texts), texts, cfg)
         rep8 = report(cfg, y, m, s8)
         gate = int8_gate(cfg, y, m, s32, s8, rep32, rep8, limits)
-        gate["float_layers"] = keep
-        attempts.append({k: gate[k] for k in ("float_layers", "row_flag_agreement",
-                                              "p999_abs_score_diff", "failures")})  # fmt: skip
+        gate.update(float_layers=keep, smoothing_alpha=alpha)
+        attempts.append({k: gate[k] for k in ("smoothing_alpha", "float_layers",
+                         "row_flag_agreement", "p999_abs_score_diff", "failures")})  # fmt: skip
         if gate["int8_ok"]:
             break
     gate["attempts"] = attempts
+    save_smoothing(plans[gate["smoothing_alpha"]][0], cfg.version_dir(model_dir))
     cfg.int8_ok = gate["int8_ok"]
     cfg.int8_float_layers = gate["float_layers"] if cfg.int8_ok else []
     save_model_config(cfg, model_dir)
@@ -264,7 +266,10 @@ def ship(
     return out
 
 
-INT8_FLOAT_LAYER_STEPS = (0, 2, 4, 8)  # Linears kept float32, tried in turn until int8 passes
+# int8 plans tried in turn until one passes the gate: (encoder Linears kept float32, the most
+# int8-sensitive first; SmoothQuant alpha). Fewer float layers = faster int8. Measured on the
+# v4 candidate: 0/0.5 99.33 % of rows agree, 4/0.5 99.46 %, 4/0.35 99.62 % (passes).
+INT8_PLANS = ((0, 0.5), (0, 0.35), (2, 0.5), (2, 0.35), (4, 0.5), (4, 0.35), (8, 0.35))
 STAGING_DIR = "export"  # <run dir>/export/<name>: the candidate, before promotion
 KEEP_VERSIONS = 2  # version folders kept in model_repo/<name> (the served one + previous)
 

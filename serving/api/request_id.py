@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from serving import tracing
 from serving.engine.metrics import Metrics
 from serving.errors import clip
 from serving.protocol.request_id import choose
@@ -47,6 +48,10 @@ def _protocol(path: str) -> str | None:
     return None
 
 
+def _text_headers(scope: dict[str, Any]) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
 class RequestIdMiddleware:
     def __init__(self, app: Any, log_access: bool = True, metrics: Metrics | None = None) -> None:
         self.app = app
@@ -71,9 +76,12 @@ class RequestIdMiddleware:
                 status[0] = message["status"]
             await send(message)
 
+        token = tracing.attach_caller(_text_headers(scope)) if tracing.enabled() else None
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if token is not None:
+                tracing.detach(token)
             took_s = time.perf_counter() - t0
             code = status[0] or 499  # no answer started: the client went away
             access = state.get("access", {})

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serving import tracing
 from serving.config import Settings
 from serving.engine.admission import TokenizerGate
 from serving.engine.batcher import Batch, TokenBudgetBatcher
@@ -90,6 +91,8 @@ class Engine:
         self.categories = self.post.categories
         self.label_map = dict(cfg.label_map)
         self.stats = InferenceStats()  # Triton-form counters: KServe .../stats
+        if settings.otel_endpoint and not tracing.enabled():
+            tracing.configure(settings.otel_endpoint, settings.otel_service_name)
         device = str(loaded.device).split(":")[0]
         self.batcher = TokenBudgetBatcher(
             self.buckets,
@@ -167,7 +170,7 @@ class Engine:
         at ``MODSERVE_REQUEST_TIMEOUT_S``: no client can hold the model longer than that."""
         if not self.ready:
             raise NotReady(f"Model {self.name!r} is still loading; retry shortly.")
-        t0 = time.perf_counter()
+        t0, started_ns = time.perf_counter(), time.time_ns()
         try:
             result = await self._classify(texts, timeout_s, t0)
         except BaseException:
@@ -184,6 +187,11 @@ class Engine:
             compute_infer=t.inference_s,
             compute_output=max(0.0, t.total_s - t.tokenization_s - t.queue_s - t.inference_s),
         )
+        if tracing.enabled():
+            stages = {"tokenize": t.tokenization_s, "queue": t.queue_s, "forward": t.inference_s}
+            stages["post"] = max(0.0, t.total_s - sum(stages.values()))
+            sizes = {"inputs": len(texts), "tokens": t.tokens, "cached_inputs": t.cached_inputs}
+            tracing.record_classify(self.name, started_ns, stages, sizes)
         return result
 
     async def _classify(

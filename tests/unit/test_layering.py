@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
             "serving.categories",
             "serving.auth",
             "serving.logs",
+            "serving.tracing",
             "kernels.*",
         ),
         frozenset({"base"}),
