@@ -11,10 +11,10 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from serving.api.auth import require_api_key
-from serving.api.body import read_json, until_disconnect
+from serving.api.openai import classify_request
 from serving.api.request_id import note_access
 from serving.engine.types import Registry
-from serving.protocol.openai import ERROR_RESPONSES, ModerationRequest, new_id, parse_request
+from serving.protocol.openai import ERROR_RESPONSES, ModerationRequest, new_id
 
 
 class LabelScores(BaseModel):
@@ -30,7 +30,7 @@ class ClassifyResponse(BaseModel):
 
 
 def classify_router(registry: Registry) -> APIRouter:
-    settings, metrics = registry.settings, registry.metrics
+    settings = registry.settings
     router = APIRouter(dependencies=[Depends(require_api_key(settings.api_keys))])
 
     @router.post(
@@ -46,13 +46,7 @@ def classify_router(registry: Registry) -> APIRouter:
         },
     )
     async def classify(request: Request) -> ClassifyResponse:
-        body = await read_json(request, settings.max_request_body_bytes)
-        texts, requested = parse_request(
-            body, settings.max_inputs_per_request, settings.max_input_chars
-        )
-        engine = registry.resolve(requested)
-        metrics.requests.labels(engine.name).inc()
-        result = await until_disconnect(request, engine.classify(texts))
+        engine, _, texts, result = await classify_request(request, registry)
         note_access(request.scope, engine.name, len(texts), result.timings.tokens)
         cats = result.categories
         return ClassifyResponse(

@@ -16,7 +16,7 @@ from serving.api.auth import require_api_key
 from serving.api.body import read_json, until_disconnect
 from serving.api.request_id import note_access
 from serving.config import OPENAI_MODEL_ALIASES
-from serving.engine.types import Registry
+from serving.engine.types import Classifier, ClassifyResult, Registry
 from serving.protocol.openai import (
     ERROR_RESPONSES,
     UNSCORED,
@@ -51,19 +51,30 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return walk(schema)
 
 
+async def classify_request(
+    request: Request, registry: Registry
+) -> tuple[Classifier, str | None, list[str], ClassifyResult]:
+    """A moderation request body (``input``, ``model``) -> (classifier, the model name as
+    sent, texts, result): read, validated, counted, classified; for /v1/moderations and
+    /v1/classify."""
+    settings = registry.settings
+    body = await read_json(request, settings.max_request_body_bytes)
+    texts, requested = parse_request(
+        body, settings.max_inputs_per_request, settings.max_input_chars
+    )
+    engine = registry.resolve(requested)
+    registry.metrics.requests.labels(engine.name).inc()
+    result = await until_disconnect(request, engine.classify(texts))
+    return engine, requested, texts, result
+
+
 def openai_router(registry: Registry) -> APIRouter:
-    settings, metrics = registry.settings, registry.metrics
+    settings = registry.settings
     router = APIRouter(dependencies=[Depends(require_api_key(settings.api_keys))])
     request_schema = _inline_refs(ModerationRequest.model_json_schema())
 
     async def moderations(request: Request) -> Response:
-        body = await read_json(request, settings.max_request_body_bytes)
-        texts, requested = parse_request(
-            body, settings.max_inputs_per_request, settings.max_input_chars
-        )
-        engine = registry.resolve(requested)
-        metrics.requests.labels(engine.name).inc()
-        result = await until_disconnect(request, engine.classify(texts))
+        engine, requested, texts, result = await classify_request(request, registry)
         categories, scores, flags = openai_view(
             engine.label_map, result.categories, result.scores, result.flags
         )

@@ -150,6 +150,16 @@ def quantize_encoder_int8(
     return encoder
 
 
+def _run_hooked(handles: list[Any], run_calibration: Callable[[], object]) -> None:
+    """``run_calibration`` (no grad) with ``handles``' hooks in place; removed after."""
+    try:
+        with torch.inference_mode():
+            run_calibration()
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def smoothing_factors(
     encoder: nn.Module,
     run_calibration: Callable[[], object],
@@ -171,13 +181,10 @@ def smoothing_factors(
         return hook
 
     linears = _linears(encoder)
-    handles = [lin.register_forward_pre_hook(record(name)) for _, _, name, lin in linears]
-    try:
-        with torch.inference_mode():
-            run_calibration()
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(
+        [lin.register_forward_pre_hook(record(name)) for _, _, name, lin in linears],
+        run_calibration,
+    )
     factors = {}
     for _, _, name, lin in linears:
         if name not in absmax:
@@ -208,16 +215,13 @@ def int8_sensitivity(
 
         return hook
 
-    handles = [
-        lin.register_forward_hook(record(name, Int8Linear(lin, smoothing.get(name))))
-        for _, _, name, lin in _linears(encoder)
-    ]
-    try:
-        with torch.inference_mode():
-            run_calibration()
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(
+        [
+            lin.register_forward_hook(record(name, Int8Linear(lin, smoothing.get(name))))
+            for _, _, name, lin in _linears(encoder)
+        ],
+        run_calibration,
+    )
     ranked = [(n, num / max(den, 1e-12)) for n, (num, den) in err.items()]
     return sorted(ranked, key=lambda x: -x[1])
 
