@@ -27,6 +27,7 @@ from serving.app import ray_ingress_lifespan
 from serving.config import RayServeSettings, Settings
 from serving.engine.ensemble import EnsembleConfig, EnsembleEngine, plan_models
 from serving.engine.metrics import Metrics
+from serving.engine.ray_metrics import RayMetricsMirror
 from serving.engine.registry import build_engine, resolve_engine
 from serving.engine.types import ClassifyResult
 from serving.errors import ModerationError, NotReady, Overloaded
@@ -42,10 +43,14 @@ class ClassifierReplica:
         self.model_name = model_name
         self.engine = build_engine(self.settings.model_repo / model_name, self.settings, Metrics())
         self._started: asyncio.Task[None] | None = None
+        self._mirror: asyncio.Task[None] | None = None
 
     async def _ensure_started(self) -> None:
         if self._started is None:
-            self._started = asyncio.get_running_loop().create_task(self.engine.start())
+            loop = asyncio.get_running_loop()
+            self._started = loop.create_task(self.engine.start())
+            # this replica's engine metrics reach Prometheus through Ray's metrics agent
+            self._mirror = loop.create_task(RayMetricsMirror(self.engine.metrics.registry).run())
         await asyncio.shield(self._started)
 
     async def ready(self) -> tuple[list[str], str, dict[str, str]]:

@@ -210,3 +210,15 @@ def test_head_pod_is_probed_and_has_its_own_disruption_budget(manifests):
 def test_values_schema_rejects_typos_and_bad_values(values: dict[str, Any], needle: str):
     with pytest.raises(Exception, match=needle):
         helm.Chart.load(str(CHART)).render(values, name="m", namespace="n")
+
+
+def test_replica_metrics_are_scraped_from_every_pods_ray_agent():
+    docs = render(VALUE_SETS["gpu"])
+    (pm,) = by_kind(docs, "PodMonitor")
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    (rs,) = by_kind(docs, "RayService")
+    cluster = rs["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        assert group["rayStartParams"]["metrics-export-port"] == "8080"
+        ports = group["template"]["spec"]["containers"][0]["ports"]
+        assert {"containerPort": 8080, "name": "metrics"} in ports
