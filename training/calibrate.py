@@ -12,6 +12,13 @@ Threshold rule (``choose_threshold``), per trained head, on known validation lab
 Derived categories (no head) inherit their parent's threshold, since their score is
 the parent score when the lexicon gate matches.
 
+False-flag budget (``meet_false_flag_budget``, the export's ``--false-flag-budget``): the
+F1 thresholds are set on single rows, but users send several sentences at once, and a
+text of k benign sentences gets k chances to cross a threshold. Given benign-only composites
+of validation rows (``training.dilution``, a seed of its own), thresholds are raised one
+head at a time, each time the move that removes the most benign flags per positive lost,
+until at most ``budget`` of those composites are flagged.
+
 ``python -m training.calibrate --model-dir model_repo/NAME --data FILES...`` (or
 ``--run-dir runs/X`` to reuse that run's validation split) rewrites ``thresholds`` in
 ``config.yaml`` and writes ``calibration.png`` next to it.
@@ -74,6 +81,64 @@ def thresholds_for(
     for child, rule in cfg.derived.items():
         out[child] = out.get(rule.parent, cfg.default_threshold)
     return {w: out[w] for w in served if w in out}
+
+
+def meet_false_flag_budget(
+    cfg: ModelConfig,
+    thresholds: dict[str, float],
+    positive_scores: np.ndarray,
+    benign_scores: np.ndarray,
+    budget: float,
+    ceiling: float = 0.99,
+) -> dict[str, float]:
+    """``thresholds`` raised until at most ``budget`` of ``benign_scores`` rows are flagged
+    (any category), losing as few ``positive_scores`` rows as it can. Arrays are served
+    scores (N, C) in ``cfg.served_categories`` order; derived categories follow their
+    parent. Greedy: each step moves one head just past one of the next benign scores it
+    flags, the move that removes the most benign flags per positive unflagged; when no
+    single move removes a flag (rows flagged by several heads), the head flagging the most
+    benign rows moves first."""
+    served = cfg.served_categories
+    col = {w: j for j, w in enumerate(served)}
+    heads = [w for w in cfg.labels if w in col]
+    family = {w: [col[w]] + [col[c] for c, r in cfg.derived.items() if r.parent == w]
+              for w in heads}  # fmt: skip
+    out = dict(thresholds)
+
+    def flagged(scores: np.ndarray) -> np.ndarray:
+        t = np.array([out.get(w, cfg.default_threshold) for w in served], dtype=np.float32)
+        return np.asarray((scores >= t).any(axis=1))
+
+    def set_head(w: str, value: float) -> None:
+        for j in family[w]:
+            out[served[j]] = value
+
+    while flagged(benign_scores).mean() > budget:
+        base_b, base_p = flagged(benign_scores).sum(), flagged(positive_scores).sum()
+        moves: list[tuple[float, int, str, float]] = []  # (gain, benign rows at w, head, to)
+        for w in heads:
+            above = benign_scores[:, col[w]]
+            above = np.unique(above[above >= out[w]])
+            saved = out[w]
+            for value in above[:NEXT_SCORES_TRIED]:
+                to = round(float(value) + 1e-4, 4)
+                if to > ceiling:
+                    break
+                set_head(w, to)
+                gain_b = base_b - flagged(benign_scores).sum()
+                lost_p = base_p - flagged(positive_scores).sum()
+                set_head(w, saved)
+                moves.append((gain_b / (lost_p + 0.5) if gain_b > 0 else 0.0, len(above), w, to))
+        if not moves:  # every head at the ceiling
+            break
+        gain, _, w, to = max(moves)  # best gain; with none, the head flagging most rows
+        if gain == 0.0:
+            to = min(m[3] for m in moves if m[2] == w)  # its next score only
+        set_head(w, to)
+    return out
+
+
+NEXT_SCORES_TRIED = 8  # per head and step: how far past the next benign scores a move looks
 
 
 def reliability_plot(

@@ -55,7 +55,7 @@ from serving.model.repo_config import ModelConfig, save_model_config
 from training import data as D
 from training import dilution as DL
 from training import metrics as M
-from training.calibrate import calibrate_arrays
+from training.calibrate import calibrate_arrays, meet_false_flag_budget
 from training.evaluate import format_table, report, score_heads, served_flags, served_scores
 from training.gate import LIMITS, GateLimits, compare, limits_for
 
@@ -149,6 +149,7 @@ def ship(
     write_card: bool = True,
     calib_kw: dict | None = None,
     allow_dilution_regression: bool = False,
+    false_flag_budget: float | None = None,
 ) -> dict:
     """The whole pipeline; returns ``{"fp32": report, "int8": report, "int8_gate": ...}``."""
     from training.train import VALIDATION_SPLIT_FILE, load_trained, split_from_run
@@ -172,6 +173,9 @@ def ship(
         score_heads(loaded.model, loaded.tokenizer, loaded.cfg, texts), texts, loaded.cfg
     )
     cfg = calibrate_arrays(model_dir, y, m, s32, **(calib_kw or {}))
+    if false_flag_budget is not None:
+        cfg = budget_thresholds(loaded, cfg, val, s32[(y * m).max(axis=1) > 0], false_flag_budget)
+        save_model_config(cfg, model_dir)
     loaded = dataclasses.replace(loaded, cfg=cfg)  # flags below (dilution) at these thresholds
     rep32 = report(cfg, y, m, s32)
 
@@ -274,6 +278,33 @@ STAGING_DIR = "export"  # <run dir>/export/<name>: the candidate, before promoti
 KEEP_VERSIONS = 2  # version folders kept in model_repo/<name> (the served one + previous)
 
 
+CALIBRATION_SEED = 1  # composites for thresholds; the dilution evaluation uses seed 0
+
+
+def budget_thresholds(
+    loaded: LoadedModel,
+    cfg: ModelConfig,
+    val: list[D.Example],
+    positive_rows: np.ndarray,
+    budget: float,
+) -> ModelConfig:
+    """``cfg`` with thresholds raised until at most ``budget`` of benign-only composites of
+    validation rows (``CALIBRATION_SEED``) are flagged (``calibrate.meet_false_flag_budget``),
+    giving up as few positives (validation positives alone and inside composites) as it can."""
+    dset = DL.build_set(val, cfg.served_categories, loaded.tokenizer, seed=CALIBRATION_SEED)
+    log.info("false-flag budget %.3f: scoring %d calibration composites", budget, len(dset.texts))
+    scores = served_scores(
+        score_heads(loaded.model, loaded.tokenizer, cfg, dset.texts), dset.texts, cfg
+    )
+    benign = dset.target_id < 0
+    thresholds = meet_false_flag_budget(
+        cfg, dict(cfg.thresholds), np.concatenate([positive_rows, scores[~benign]]),
+        scores[benign], budget,
+    )  # fmt: skip
+    log.info("thresholds within the false-flag budget: %s", thresholds)
+    return cfg.model_copy(update={"thresholds": thresholds})
+
+
 def dilution_against_shipped(loaded: LoadedModel, val: list[D.Example], shipped_dir: Path) -> dict:
     """``training.dilution`` for the candidate and, on the same composites, for the model
     ``shipped_dir`` serves now (if any)."""
@@ -350,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest per-category AUPRC drop int8 may have (the rest of training.gate holds)",
     )
     p.add_argument("--max-val-rows", type=int, default=None)
+    p.add_argument(
+        "--false-flag-budget",
+        type=float,
+        default=None,
+        help="raise thresholds until at most this share of benign-only composites of "
+        "validation rows is flagged (e.g. 0.015); default: F1 thresholds on single rows",
+    )
     p.add_argument("--no-card", action="store_true", help="do not (re)write README.md")
     p.add_argument(
         "--allow-dilution-regression",
@@ -371,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         a.max_val_rows,
         not a.no_card,
         allow_dilution_regression=a.allow_dilution_regression,
+        false_flag_budget=a.false_flag_budget,
     )
     return 0 if out["promotion"]["promoted"] else 1
 

@@ -1,0 +1,38 @@
+"""Thresholds within a false-flag budget on benign composites (training.calibrate)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.calibrate import meet_false_flag_budget
+from training.defaults import default_model_config
+
+
+def test_the_head_that_flags_benign_text_is_raised_and_the_budget_is_met():
+    cfg = default_model_config()
+    served = cfg.served_categories
+    col = {w: j for j, w in enumerate(served)}
+    rng = np.random.default_rng(0)
+    benign = rng.uniform(0.0, 0.3, (400, len(served))).astype(np.float32)
+    benign[:40, col["hate"]] = rng.uniform(0.5, 0.7, 40)  # 10 % flagged by hate at 0.5
+    benign[:40, col["hate/threatening"]] = 0.0
+    positives = rng.uniform(0.0, 0.3, (100, len(served))).astype(np.float32)
+    positives[:50, col["hate"]] = rng.uniform(0.75, 1.0, 50)  # true hate scores high
+    positives[50:, col["violence"]] = rng.uniform(0.55, 1.0, 50)
+    start = dict.fromkeys(served, 0.5)
+    out = meet_false_flag_budget(cfg, start, positives, benign, budget=0.02)
+
+    flagged = (benign >= np.array([out[w] for w in served])).any(axis=1).mean()
+    assert flagged <= 0.02
+    assert 0.6 < out["hate"] <= 0.75  # raised past the benign scores, below the true ones
+    assert out["violence"] == 0.5 and out["sexual"] == 0.5  # heads that flag nothing benign
+    kept = (positives >= np.array([out[w] for w in served])).any(axis=1).mean()
+    assert kept == 1.0
+
+
+def test_a_budget_already_met_changes_nothing():
+    cfg = default_model_config()
+    served = cfg.served_categories
+    start = dict.fromkeys(served, 0.5)
+    benign = np.zeros((10, len(served)), dtype=np.float32)
+    assert meet_false_flag_budget(cfg, start, benign + 0.9, benign, budget=0.0) == start
