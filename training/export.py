@@ -247,6 +247,7 @@ def ship(
         "run": run_info,
         "assumed_negative_flag_rate": bleed,
         "score_max_abs_diff_int8": float(np.abs(s32 - s8).max()) if len(s8) else 0.0,
+        "false_flag_budget": false_flag_budget,
     }
     split_file = run_dir / VALIDATION_SPLIT_FILE  # a continued model keeps these held out
     if split_file.is_file():

@@ -180,6 +180,31 @@ def _gate_summary(gate: dict) -> str:
     )
 
 
+def _budget_note(out: dict) -> str:
+    budget = out.get("false_flag_budget")
+    if budget is None:
+        return ""
+    return (
+        f"Then raised (`modserve export --false-flag-budget {budget}`) until at most "
+        f"{budget:.1%} of benign-only composites of validation rows (seed 1; the dilution "
+        "evaluation below uses seed 0) are flagged, each step on the head that removes the "
+        "most benign flags per positive lost (`training.calibrate.meet_false_flag_budget`). "
+    )
+
+
+def _int8_plan(gate: dict) -> str:
+    kept = gate.get("float_layers") or []
+    alpha = gate.get("smoothing_alpha", 0.5)
+    tried = len(gate.get("attempts", [])) or 1
+    where = (f"every Linear of the encoder but {len(kept)} kept in float32 "
+             f"({', '.join(f'`{k}`' for k in kept)}: the largest int8 error)")  # fmt: skip
+    return (
+        f"Plan: SmoothQuant alpha {alpha}, {where if kept else 'every Linear of the encoder'}; "
+        f"the export tried {tried} plan(s), fewest float layers first, and ships the first "
+        "that passes."
+    )
+
+
 def _dilution_section(dil: dict, cfg: ModelConfig) -> str:
     """Recall / false flags by context length for this model (and the one it replaces)."""
     head = "## Dilution (harm inside long, mixed text)\n\n"
@@ -346,7 +371,7 @@ lower is better): {
 
 Per trained head: the F1-maximising threshold on the validation split, clamped to
 [0.2, 0.8]; 0.5 if a category has < 30 validation positives. Derived categories use
-their parent's threshold. Edit `thresholds` in `config.yaml` to tune.
+their parent's threshold. {_budget_note(out)}Edit `thresholds` in `config.yaml` to tune.
 
 ## Derived categories (rules)
 
@@ -358,10 +383,9 @@ Hierarchy: a child's score is capped at its parent's (`min(child, parent)`), in
 ## int8
 
 W8A8 int8 (`serving.model.quantize`: int8 weights with one scale per output channel, int8
-activations with one scale and zero point per token, SmoothQuant factors (alpha 0.5) measured
-on 512 training texts and shipped as `int8_smoothing.safetensors`, every Linear of the
-encoder; what `MODSERVE_DTYPE=int8` serves) was evaluated against fp32 on the same
-validation rows.
+activations with one scale and zero point per token, SmoothQuant factors measured on 512
+training texts and shipped as `int8_smoothing.safetensors`; what `MODSERVE_DTYPE=int8`
+serves) was evaluated against fp32 on the same validation rows. {_int8_plan(gate)}
 AUPRC change (fp32 - int8): {drops}. {_gate_summary(gate)} ->
 **int8_ok: {str(gate["int8_ok"]).lower()}**{_gate_failures(gate)}.
 

@@ -308,7 +308,8 @@ def test_eval_command_reports_dilution_on_a_runs_validation_split(tmp_path: Path
     run(args)
     from training.export import ship
 
-    exported = ship(args.run_dir, tmp_path / "repo", which="last", calib_kw={"min_positives": 1})
+    exported = ship(args.run_dir, tmp_path / "repo", which="last", calib_kw={"min_positives": 1},
+                    false_flag_budget=0.0)  # fmt: skip
     out = tmp_path / "eval.json"
     model_dir = tmp_path / "repo" / DEFAULT_MODEL_NAME
     assert load_model_config(model_dir).thresholds["violence"] != 0.5  # calibrated, not default
@@ -322,7 +323,8 @@ def test_eval_command_reports_dilution_on_a_runs_validation_split(tmp_path: Path
     # the export judged the candidate at its calibrated thresholds, as served and evaluated
     assert exported["dilution"]["candidate"] == rep["dilution"]
     card = (model_dir / "README.md").read_text()
-    assert "Dilution" in card
+    assert "Dilution" in card and "--false-flag-budget 0.0" in card
+    assert exported["false_flag_budget"] == 0.0
 
 
 def test_the_bundled_sample_runs_the_quickstart(tmp_path: Path) -> None:
