@@ -122,14 +122,6 @@ THREAT = "I am going to kill you and your whole family tonight."
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="issue #19: the shipped version 1 averages a short threat away after one benign "
-    "sentence; the first composite-trained candidate caught it but flagged 35 % of benign "
-    "composites and was not promoted. Passes (and must then lose this mark) once a model "
-    "that learned dilution ships.",
-)
 def test_server_flags_a_threat_after_benign_sentences() -> None:
     """Dilution, as a user meets it: a threat after a few ordinary sentences is still a
     threat; the same sentences alone are not flagged."""
