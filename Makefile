@@ -2,6 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# torch's CPU-only wheel index, used when it answers (3 s): a plain PyPI setup never pulls
+# CUDA wheels. Offline or behind a mirror, the pinned torch comes from pip's own config.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_FROM := $(shell curl -sfI --max-time 3 $(TORCH_INDEX)/torch/ >/dev/null 2>&1 && \
+	echo --index-url $(TORCH_INDEX))
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
@@ -13,7 +18,7 @@ $(RUNTIME_STAMP): pyproject.toml $(wildcard proto/*/*/*.proto)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch pinned to the CPU build first, so nothing pulls a CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(TORCH_FROM)
 	$(PY) -m pip install -q -e .
 	# gRPC code from proto/ into serving/_proto/ (gitignored, never committed).
 	$(PY) -m serving.rpc.protogen
