@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def server(tiny_repo: Path) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tiny_repo)
+    srv = ServerProcess(tiny_repo, MODSERVE_CACHE_BYTES="0")  # the model path, as benchmarked
     srv.wait_ready()
     yield srv
     srv.stop()
