@@ -63,3 +63,17 @@ def test_the_bound_counts_real_memory():
         tracemalloc.stop()
     assert len(c) == n
     assert held <= c.size_bytes, (held / n, c.entry_bytes)
+
+
+def test_long_texts_are_keyed_as_sent(tmp_path):
+    """Normalising runs on the event loop: past NORMALIZE_MAX_CHARS a text is hashed as sent
+    (a repeat still hits; only its case variants get their own entry)."""
+    from serving.engine.response_cache import NORMALIZE_MAX_CHARS
+
+    copy_packaged_tokenizer(tmp_path)
+    norm = tokenizer_normalizer(Tokenizer.from_file(str(tmp_path / "tokenizer.json")))
+    c = ResponseCache(2**20, "m", 8, norm)
+    long = "Word " * (NORMALIZE_MAX_CHARS // 5 + 1)
+    assert c.key(long) == c.key(long) and c.key(long) != c.key(long.lower())
+    short = "Word " * 10
+    assert c.key(short) == c.key(short.lower())
