@@ -13,7 +13,7 @@ regression is refused), and its own label names (``id2label``).
   served by ``POST /v1/classify`` and KServe ``/v2`` only. Unmapped OpenAI categories are
   answered as unscored (``unscored_categories``), never as a silent 0.
 * Before anything is written, the model as modserve will serve it (tokenizer, chunking,
-  padding to length buckets) scores a few texts, and the import fails unless every score is
+  padded batches) scores a few texts, and the import fails unless every score is
   within ``--tolerance`` (1e-5) of transformers' own forward on the same texts.
 """
 
@@ -30,9 +30,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from serving.categories import BY_WIRE
-from serving.engine.tokenization import ChunkingTokenizer, pad_batch
 from serving.model.load import load_hf_classifier, load_model
 from serving.model.repo_config import ModelConfig, save_model_config
+from training.evaluate import score_heads
 
 log = logging.getLogger("training.import_hf")
 
@@ -94,19 +94,10 @@ def reference_scores(src: Path, texts: list[str], activation: str) -> np.ndarray
 
 
 def served_scores(model_dir: Path, texts: list[str]) -> np.ndarray:
-    """The imported model as the server runs it: chunked, padded to its buckets, batched."""
+    """The imported model as modserve runs it: loaded from ``model_dir``, chunked, padded
+    and batched together, max over chunks (``training.evaluate.score_heads``)."""
     loaded = load_model(model_dir, "cpu", "float32")
-    ct = ChunkingTokenizer.for_model(loaded.tokenizer, loaded.cfg)
-    chunks = ct.chunk_texts(texts)
-    bucket = max(len(c.ids) for c in chunks)
-    bucket = min(b for b in loaded.cfg.buckets_tokens if b >= bucket)
-    ids, mask = pad_batch([c.ids for c in chunks], bucket, ct.pad_id)
-    with torch.inference_mode():
-        s = loaded.model(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
-    out = np.full((len(texts), s.shape[1]), -np.inf, dtype=np.float32)
-    for c, row in zip(chunks, s, strict=True):
-        out[c.input_index] = np.maximum(out[c.input_index], row)
-    return out
+    return score_heads(loaded.model, loaded.tokenizer, loaded.cfg, texts)
 
 
 def import_hf(

@@ -177,6 +177,7 @@ class Engine:
             self.stats.request_done(False, time.perf_counter() - t0)
             raise
         t = result.timings
+        post_s = max(0.0, t.total_s - t.tokenization_s - t.queue_s - t.inference_s)
         self.stats.request_done(
             True,
             t.total_s,
@@ -185,11 +186,11 @@ class Engine:
             queue=t.queue_s,
             compute_input=t.tokenization_s,
             compute_infer=t.inference_s,
-            compute_output=max(0.0, t.total_s - t.tokenization_s - t.queue_s - t.inference_s),
+            compute_output=post_s,
         )
         if tracing.enabled():
-            stages = {"tokenize": t.tokenization_s, "queue": t.queue_s, "forward": t.inference_s}
-            stages["post"] = max(0.0, t.total_s - sum(stages.values()))
+            stages = {"tokenize": t.tokenization_s, "queue": t.queue_s,
+                      "forward": t.inference_s, "post": post_s}  # fmt: skip
             sizes = {"inputs": len(texts), "tokens": t.tokens, "cached_inputs": t.cached_inputs}
             tracing.record_classify(self.name, started_ns, stages, sizes)
         return result
@@ -199,11 +200,13 @@ class Engine:
     ) -> ClassifyResult:
         keys = [self.cache.key(t) for t in texts] if self.cache.enabled else []
         known = self.cache.lookup(keys) if keys else [None] * len(texts)
-        # each distinct unknown text once (a request may repeat a text)
+        # each distinct unknown text once (a request may repeat a text); without the cache
+        # every input is its own
+        ids: list[bytes] | list[int] = keys or list(range(len(texts)))
         todo: dict[bytes | int, int] = {}
         for i, h in enumerate(known):
             if h is None:
-                todo.setdefault(keys[i] if keys else i, i)
+                todo.setdefault(ids[i], i)
         heads = np.empty((len(texts), len(self.loaded.cfg.labels)), dtype=np.float32)
         timings = Timings(characters=sum(len(t) for t in texts), cached_inputs=len(texts))
         if todo:
@@ -211,7 +214,7 @@ class Engine:
             computed = await self._compute([texts[i] for i in first], timeout_s, timings)
             slot = dict(zip(todo, computed, strict=True))
             for i, h in enumerate(known):
-                heads[i] = h if h is not None else slot[keys[i] if keys else i]
+                heads[i] = h if h is not None else slot[ids[i]]
             timings.cached_inputs = len(texts) - sum(h is None for h in known)
             if keys:
                 self._remember([keys[i] for i in first], computed)
