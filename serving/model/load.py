@@ -88,9 +88,7 @@ def load_hf_classifier(vdir: Path) -> PreTrainedModel:
     model, info = AutoModelForSequenceClassification.from_pretrained(
         str(vdir), local_files_only=True, output_loading_info=True
     )
-    problems = {k: v for k, v in info.items() if v and k != "error_msgs"} | (
-        {"error_msgs": info["error_msgs"]} if info.get("error_msgs") else {}
-    )
+    problems = {k: v for k, v in info.items() if v}  # missing/unexpected/mismatched/errors
     if problems:
         raise ValueError(f"{vdir}: the checkpoint's weights do not match its config: {problems}")
     return model
