@@ -290,7 +290,10 @@ def test_large_requests_tokenizing_do_not_hold_up_a_small_one(hostile: ServerPro
         small_s = time.monotonic() - t0
         for t in threads:
             t.join()
-    assert r.status_code in (200, 429) and small_s < 1.0, (r.status_code, small_s)
+    # Tokenizing one big request alone takes ~1 s; queued behind all six the small one
+    # waited 14.9 s (the defect). Unqueued it takes 0.1-0.4 s on an idle 2-core machine and
+    # once took 1.05 s in CI, where the same two cores also encode and send the 24 MB.
+    assert r.status_code in (200, 429) and small_s < 2.5, (r.status_code, small_s)
 
 
 def test_kserve_infer_is_dropped_when_the_client_hangs_up(tiny_repo):
