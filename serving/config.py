@@ -52,8 +52,22 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N. auto picks CUDA if any.")
     dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = Field(
         "auto",
-        description="auto = float16 on CUDA, float32 on CPU. int8 only if the model passed "
-        "its accuracy gate.",
+        description="auto = float16 on CUDA; on CPU the fastest of float32 and gated int8 "
+        "(see MODSERVE_BACKEND). int8 only if the model passed its accuracy gate.",
+    )
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="Model core on CPU: auto = time every gated backend x dtype at start "
+        "(MODSERVE_BACKEND_PROBE_S each) and serve the fastest; torch; onnxruntime (float32, "
+        "or int8 where the model passed its gate; the graph is built on first start and "
+        "cached in MODSERVE_ONNX_CACHE_DIR). CUDA: torch.",
+    )
+    backend_probe_s: float = Field(
+        1.0,
+        ge=0,
+        description="Seconds of timing per candidate backend x dtype at start (best of 3 "
+        "rounds at 32x64 tokens). More = a surer pick on a noisy machine, slower start; 0 = "
+        "no timing (auto = torch float32).",
     )
     int8_compile: bool = Field(
         True,

@@ -10,6 +10,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # int8 models run eager in tests (same scores, no 30-70 s compile per load); the compiled
 # path has its own tests in tests/unit/model/test_quantize.py.
 os.environ.setdefault("MODSERVE_INT8_COMPILE", "0")
+# Servers in tests load torch float32 without timing backends at start (a second or more per
+# server); tests/integration/test_backend_server.py runs the timed choice itself. ONNX graphs
+# go to a directory of this run, not the user's cache.
+os.environ.setdefault("MODSERVE_BACKEND_PROBE_S", "0")
+if "MODSERVE_ONNX_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["MODSERVE_ONNX_CACHE_DIR"] = tempfile.mkdtemp(prefix="modserve-test-onnx-")
 
 import torch
 

@@ -47,6 +47,7 @@ from transformers import AutoTokenizer
 from serving.model.load import LoadedModel, ModerationModel, load_model, save_weights
 from serving.model.quantize import (
     int8_sensitivity,
+    load_smoothing,
     quantize_encoder_int8,
     save_smoothing,
     smoothing_factors,
@@ -210,6 +211,8 @@ def ship(
     save_smoothing(plans[gate["smoothing_alpha"]][0], cfg.version_dir(model_dir))
     cfg.int8_ok = gate["int8_ok"]
     cfg.int8_float_layers = gate["float_layers"] if cfg.int8_ok else []
+    sensitive = [name for name, _ in plans[gate["smoothing_alpha"]][1]]
+    onnx_gate = onnx_int8_gate(model_dir, cfg, loaded, texts, y, m, s32, rep32, limits, sensitive)
     save_model_config(cfg, model_dir)
 
     bleed = cross_category_flag_rate(cfg, val, m, s32)
@@ -241,6 +244,7 @@ def ship(
         "fp32": rep32,
         "int8": rep8,
         "int8_gate": gate,
+        "onnx_int8_gate": onnx_gate,
         "checkpoint": which,
         "flagged_by_source": by_source,
         "validation_rows_per_source": source_counts,
@@ -269,6 +273,57 @@ def ship(
         log.warning("NOT promoted (%s); the candidate stays in %s",
                     out["promotion"]["reason"], model_dir)  # fmt: skip
     return out
+
+
+ONNX_INT8_PLANS = (0, 2, 4, 8)  # encoder Linears kept float32 (most int8-sensitive first)
+
+
+def onnx_int8_gate(
+    model_dir: Path,
+    cfg: ModelConfig,
+    loaded: LoadedModel,
+    texts: list[str],
+    y: np.ndarray,
+    m: np.ndarray,
+    s32: np.ndarray,
+    rep32: dict,
+    limits: GateLimits,
+    ranked: list[str],
+) -> dict:
+    """The same gate for the ONNX Runtime int8 graph (``serving.model.onnx_export``), its
+    plans tried in turn (``ONNX_INT8_PLANS`` float layers, ``ranked`` = the torch int8
+    sensitivity order); sets ``cfg.onnx_int8_ok`` / ``onnx_int8_float_layers``. Skipped
+    (not ok) where onnxruntime is not installed."""
+    import tempfile
+
+    from serving.model.onnx_export import cached_onnx
+    from serving.model.onnx_runtime import OnnxRuntimeModel, available
+
+    cfg.onnx_int8_ok, cfg.onnx_int8_float_layers = False, []
+    if not available():
+        return {"int8_ok": False, "failures": ["onnxruntime is not installed"], "attempts": []}
+    vdir = cfg.version_dir(model_dir)
+    smoothing = load_smoothing(vdir)
+    attempts: list[dict] = []
+    gate: dict = {}
+    with tempfile.TemporaryDirectory(prefix="modserve-onnx-gate-") as tmp:
+        for kept in ONNX_INT8_PLANS:
+            keep = ranked[:kept]
+            path = cached_onnx(loaded.model, vdir, "int8", smoothing, keep, Path(tmp))
+            session = OnnxRuntimeModel(path, torch.get_num_threads())
+            log.info("scoring %d validation rows (ONNX Runtime int8, %d Linears float32)",
+                     len(texts), kept)  # fmt: skip
+            s8 = served_scores(score_heads(session, loaded.tokenizer, cfg, texts), texts, cfg)
+            gate = int8_gate(cfg, y, m, s32, s8, rep32, report(cfg, y, m, s8), limits)
+            gate["float_layers"] = keep
+            attempts.append({k: gate[k] for k in ("float_layers", "row_flag_agreement",
+                             "p999_abs_score_diff", "failures")})  # fmt: skip
+            if gate["int8_ok"]:
+                break
+    gate["attempts"] = attempts
+    cfg.onnx_int8_ok = bool(gate["int8_ok"])
+    cfg.onnx_int8_float_layers = gate["float_layers"] if cfg.onnx_int8_ok else []
+    return gate
 
 
 # int8 plans tried in turn until one passes the gate: (encoder Linears kept float32, the most

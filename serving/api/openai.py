@@ -136,9 +136,17 @@ def openai_router(registry: Registry) -> APIRouter:
                     "categories": openai_categories(e.label_map, e.categories),
                     UNSCORED: unscored_categories(openai_categories(e.label_map, e.categories)),
                     **({"labels": list(e.categories)} if e.label_map else {}),
+                    **_runtime(e),
                 }
                 for m, e in served
             ],
         }
 
     return router
+
+
+def _runtime(engine: Classifier) -> dict[str, Any]:
+    """``{"runtime": {backend, dtype, reason, probes}}`` of a single model (not an
+    ensemble): what serves it on this machine and the start-up timings that chose it."""
+    choice = getattr(engine, "choice", None)
+    return {"runtime": choice.as_dict()} if choice is not None else {}

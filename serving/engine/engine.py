@@ -42,6 +42,7 @@ from serving.engine.tokenization import (
 )
 from serving.engine.types import ClassifyResult, Timings
 from serving.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, NotReady
+from serving.model.backend_choice import Choice
 from serving.model.load import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,22 @@ def _retrieve(f: asyncio.Future[Any]) -> None:
 
 class Engine:
     def __init__(
-        self, loaded: LoadedModel, settings: Settings, metrics: Metrics, core_workers: int = 1
+        self,
+        loaded: LoadedModel,
+        settings: Settings,
+        metrics: Metrics,
+        core_workers: int = 1,
+        choice: Choice | None = None,
     ) -> None:
         """``core_workers``: threads running batches concurrently (CPU: from
-        ``serving.model.cpu_layout.apply_cpu_layout``; a GPU runs one stream: 1)."""
+        ``serving.model.cpu_layout.apply_cpu_layout``; a GPU runs one stream: 1).
+        ``choice``: how the backend and dtype were chosen (``/v1/models`` shows it)."""
         self.loaded = loaded
+        self.choice = choice or Choice(loaded.backend, loaded.dtype, "given")
+        metrics.backend.labels(loaded.name, loaded.backend, loaded.dtype).set(1)
+        for p in self.choice.probes:
+            if p.tokens_per_s:
+                metrics.backend_probe.labels(loaded.name, p.backend, p.dtype).set(p.tokens_per_s)
         self.name = loaded.name
         self.settings = settings
         self.metrics = metrics
@@ -107,7 +119,7 @@ class Engine:
         self.tokenizer_gate = TokenizerGate(settings.max_queue_wait_s)
         self.cache = ResponseCache(
             settings.cache_bytes,
-            f"{self.name}\0{cfg.version}\0{loaded.dtype}",
+            f"{self.name}\0{cfg.version}\0{loaded.backend}\0{loaded.dtype}",
             len(cfg.labels),
             tokenizer_normalizer(self.tokenizer.backend),
         )

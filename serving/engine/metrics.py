@@ -110,6 +110,19 @@ class Metrics:
         self.cache_bytes = Gauge(
             "modserve_cache_bytes", "Memory held by the response cache", ["model"], registry=r
         )
+        self.backend = Gauge(
+            "modserve_model_backend_info",
+            "1 for the backend and dtype serving each model (chosen at start, "
+            "serving.model.backend_choice)",
+            ["model", "backend", "dtype"],
+            registry=r,
+        )
+        self.backend_probe = Gauge(
+            "modserve_backend_probe_tokens_per_second",
+            "Model-core tokens/s of every candidate timed at start (32x64 tokens)",
+            ["model", "backend", "dtype"],
+            registry=r,
+        )
         self.ready = Gauge("modserve_ready", "1 when every model is loaded and warmed", registry=r)
         ProcessCollector(registry=r)  # process_*: CPU seconds, RSS, open fds, start time
         PlatformCollector(registry=r)

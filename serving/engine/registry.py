@@ -16,8 +16,8 @@ from serving.engine.ensemble import EnsembleEngine, plan_models
 from serving.engine.metrics import Metrics
 from serving.engine.types import Classifier
 from serving.errors import ModelLoadFailed, ModelNotFound, NotReady, clip
+from serving.model.backend_choice import choose_and_load
 from serving.model.cpu_layout import apply_cpu_layout
-from serving.model.load import load_model
 
 log = logging.getLogger(__name__)
 C = TypeVar("C", bound=Classifier)
@@ -32,10 +32,8 @@ def build_engine(model_dir: Path, settings: Settings, metrics: Metrics) -> Engin
     """
     device = settings.resolved_device()
     workers = apply_cpu_layout(settings) if device == "cpu" else 1
-    loaded = load_model(
-        model_dir, device, settings.dtype, settings.int8_compile, settings.head_kernel
-    )
-    return Engine(loaded, settings, metrics, core_workers=workers)
+    loaded, choice = choose_and_load(model_dir, settings, device)
+    return Engine(loaded, settings, metrics, core_workers=workers, choice=choice)
 
 
 class ModelRegistry:
@@ -72,7 +70,8 @@ class ModelRegistry:
             engine = await asyncio.to_thread(build_engine, repo / name, self.settings, self.metrics)
             await engine.start()
             self.engines[name] = engine
-            log.info("model %s ready (%s, %s)", name, engine.loaded.device, engine.loaded.dtype)
+            lm = engine.loaded
+            log.info("model %s ready (%s, %s, %s)", name, lm.device, lm.backend, lm.dtype)
         for name, cfg in ensembles.items():
             self.engines[name] = EnsembleEngine(cfg, {m: self.engines[m] for m in cfg.members})
             log.info("ensemble %s ready (members %s)", name, list(cfg.members))

@@ -98,24 +98,41 @@ def load_hf_classifier(vdir: Path) -> PreTrainedModel:
 class LoadedModel:
     name: str
     cfg: ModelConfig
-    model: nn.Module  # ModerationModel, or HFSequenceClassifier (architecture: hf)
+    model: nn.Module  # ModerationModel, HFSequenceClassifier (hf) or OnnxRuntimeModel
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: str  # "float32" | "float16" | "bfloat16" | "int8"
+    backend: str = "torch"  # "torch" | "onnxruntime"
 
     @property
     def moderation_model(self) -> ModerationModel:
         """The modserve-architecture model (training, int8 export, core benchmarks need its
-        encoder and head); an imported hf model has neither."""
+        encoder and head); an imported hf model and an ONNX Runtime session have neither."""
         if not isinstance(self.model, ModerationModel):
-            raise TypeError(f"model {self.name!r} is an imported hf classifier, not modserve's")
+            raise TypeError(f"model {self.name!r} is {type(self.model).__name__}, not modserve's")
         return self.model
 
 
-def resolve_dtype(requested: str, device: torch.device, cfg: ModelConfig) -> str:
-    """Pick a dtype the device supports. "auto": fp16 on CUDA, fp32 on CPU."""
+BACKENDS = ("torch", "onnxruntime")
+
+
+def resolve_dtype(
+    requested: str, device: torch.device, cfg: ModelConfig, backend: str = "torch"
+) -> str:
+    """Pick a dtype the device (and backend) supports. "auto": fp16 on CUDA, fp32 on CPU."""
     if requested == "auto":
         return "float16" if device.type == "cuda" else "float32"
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError("backend onnxruntime runs on CPU; use backend torch on CUDA")
+        if requested not in ("float32", "int8"):
+            raise ValueError(f"backend onnxruntime serves float32 or int8, not {requested}")
+        if requested == "int8" and not cfg.onnx_int8_ok:
+            raise ValueError(
+                f"model {cfg.name!r} did not pass the accuracy gate in ONNX Runtime int8 "
+                "(onnx_int8_ok: false in config.yaml)"
+            )
+        return requested
     if device.type == "cpu" and requested in ("float16", "bfloat16"):
         raise ValueError(f"dtype {requested} is not supported on CPU; use float32 or int8")
     if device.type == "cuda" and requested == "int8":
@@ -165,19 +182,28 @@ def load_model(
     dtype: str = "auto",
     int8_compile: bool | None = None,
     head_kernel: HeadKernel = "auto",
+    backend: str = "torch",
+    onnx_cache_dir: Path | None = None,
 ) -> LoadedModel:
     """Load ``model_repo/<name>`` (config.yaml + <version>/) with no network access.
 
     ``int8_compile`` (int8 only): see ``serving.model.quantize``; None = ``MODSERVE_INT8_COMPILE``.
     ``head_kernel``: the classification head's implementation (``MODSERVE_HEAD_KERNEL``).
+    ``backend``: ``torch`` or ``onnxruntime`` (CPU; float32 or gated int8: the graph is made
+    from these weights on first load and cached, ``serving.model.onnx_export``); which one
+    is fastest on this machine is decided by ``serving.model.backend_choice``.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     cfg = load_model_config(model_dir)
     vdir = cfg.version_dir(model_dir)
     weights = vdir / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found (model {cfg.name!r} version {cfg.version})")
     dev = torch.device(device)
-    chosen = resolve_dtype(dtype, dev, cfg)
+    chosen = resolve_dtype(dtype, dev, cfg, backend)
+    if backend == "onnxruntime":
+        return _load_onnx(model_dir, cfg, vdir, chosen, onnx_cache_dir)
     if cfg.architecture == "hf":
         hf = HFSequenceClassifier(load_hf_classifier(vdir), cfg.activation).float().eval()
         if chosen != "float32":
@@ -216,11 +242,31 @@ def load_model(
     return _loaded(cfg, model.to(dev), vdir, dev, chosen)
 
 
+def _load_onnx(
+    model_dir: Path, cfg: ModelConfig, vdir: Path, dtype: str, cache_dir: Path | None
+) -> LoadedModel:
+    """The ONNX Runtime form of the float32 torch model (graph cached by weights hash)."""
+    from serving.model.onnx_export import cached_onnx
+    from serving.model.onnx_runtime import OnnxRuntimeModel
+
+    reference = load_model(model_dir, "cpu", "float32", head_kernel="torch").model
+    smoothing = load_smoothing(vdir) if dtype == "int8" else None
+    path = cached_onnx(reference, vdir, dtype, smoothing, cfg.onnx_int8_float_layers, cache_dir)
+    del reference
+    ort_model = OnnxRuntimeModel(path, torch.get_num_threads())
+    return _loaded(cfg, ort_model, vdir, torch.device("cpu"), dtype, "onnxruntime")
+
+
 def _loaded(
-    cfg: ModelConfig, model: nn.Module, vdir: Path, dev: torch.device, dtype: str
+    cfg: ModelConfig,
+    model: nn.Module,
+    vdir: Path,
+    dev: torch.device,
+    dtype: str,
+    backend: str = "torch",
 ) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(str(vdir), local_files_only=True, use_fast=True)
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ValueError(f"{vdir}: a fast (Rust) tokenizer (tokenizer.json) is required")
-    log.info("loaded model %s v%s on %s as %s", cfg.name, cfg.version, dev, dtype)
-    return LoadedModel(cfg.name, cfg, model, tokenizer, dev, dtype)
+    log.info("loaded model %s v%s on %s as %s (%s)", cfg.name, cfg.version, dev, dtype, backend)
+    return LoadedModel(cfg.name, cfg, model, tokenizer, dev, dtype, backend)

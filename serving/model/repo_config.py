@@ -94,6 +94,16 @@ class ModelConfig(BaseModel):
         "fewest whose int8 error moved scores most, chosen by the export so int8 passes the "
         "gate; each costs a little int8 speed",
     )
+    onnx_int8_ok: bool = Field(
+        False,
+        description="the ONNX Runtime int8 graph (backend onnxruntime, dtype int8) passed "
+        "the accuracy gate for this model",
+    )
+    onnx_int8_float_layers: list[str] = Field(
+        default_factory=list,
+        description="encoder Linears kept float32 in the ONNX Runtime int8 graph (qualified "
+        "names), chosen by its gate like int8_float_layers",
+    )
 
     @field_validator("labels")
     @classmethod

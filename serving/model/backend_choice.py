@@ -1,0 +1,182 @@
+"""Which backend and precision serve a model on this machine: measured at start, not guessed.
+
+CPUs differ more than their names say: the int8 GEMM that doubles throughput on a CPU with
+AVX-512 VNNI is 30x slower than float32 on an AVX2-only one (``torch._int_mm`` falls back
+to scalar code there), and ONNX Runtime beats torch by 1.2-1.6x on some CPUs and not on
+others. So on CPU, with ``MODSERVE_BACKEND=auto`` and/or ``MODSERVE_DTYPE=auto``, the server
+loads every candidate the model's accuracy gate allows, times each on the same
+representative batch (32 x 64 tokens, best of 3 interleaved rounds, about
+``MODSERVE_BACKEND_PROBE_S`` seconds each), serves the fastest, and logs the table.
+
+Candidates (CPU): torch float32 (the reference, always); ONNX Runtime float32 (if
+``onnxruntime`` is installed); ONNX Runtime int8 (if the model's ``onnx_int8_ok``); torch
+int8 only when asked for by name (``MODSERVE_DTYPE=int8``: its compiled kernels take 40-110 s
+to build, too slow for an automatic start). An explicit choice that turns out slower than
+torch float32 on this CPU still serves, with a warning that names the measured ratio.
+
+CUDA: torch only (float16 by default), no probe. ``MODSERVE_BACKEND_PROBE_S=0`` skips
+timing: ``auto`` then means torch float32 on CPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from serving.config import Settings
+from serving.model.load import LoadedModel, load_model
+from serving.model.onnx_runtime import available as onnxruntime_available
+from serving.model.repo_config import load_model_config
+
+log = logging.getLogger(__name__)
+
+PROBE_SHAPE = (32, 64)  # (sequences, tokens): a full batch of a mid-sized bucket
+PROBE_ROUNDS = 3
+REFERENCE = ("torch", "float32")
+
+
+@dataclass
+class Probe:
+    backend: str
+    dtype: str
+    tokens_per_s: float | None = None  # None: not timed (failed or the only candidate)
+    error: str | None = None
+
+
+@dataclass
+class Choice:
+    """What serves the model and why: ``probes`` in the order tried, the chosen first."""
+
+    backend: str
+    dtype: str
+    reason: str
+    probes: list[Probe] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "dtype": self.dtype,
+            "reason": self.reason,
+            "probes": [asdict(p) for p in self.probes],
+        }
+
+
+def candidates(model_dir: Path, settings: Settings) -> list[tuple[str, str]]:
+    """(backend, dtype) pairs this model may be served as on CPU, the reference first."""
+    cfg = load_model_config(model_dir)
+    backends = ["torch", "onnxruntime"] if settings.backend == "auto" else [settings.backend]
+    if "onnxruntime" in backends and not onnxruntime_available():
+        if settings.backend == "onnxruntime":
+            raise ValueError("MODSERVE_BACKEND=onnxruntime but onnxruntime is not installed")
+        backends.remove("onnxruntime")
+    dtypes = ["float32", "int8"] if settings.dtype == "auto" else [settings.dtype]
+    out = []
+    for b in backends:
+        for d in dtypes:
+            if d == "int8" and b == "torch" and settings.dtype == "auto":
+                continue  # compiled int8 kernels: 40-110 s of start-up; by name only
+            if d == "int8" and b == "onnxruntime" and not cfg.onnx_int8_ok:
+                if settings.dtype == "int8" and settings.backend == "onnxruntime":
+                    out.append((b, d))  # load_model names the failed gate
+                continue
+            if d == "int8" and b == "onnxruntime" and cfg.architecture == "hf":
+                continue
+            out.append((b, d))
+    return sorted(out, key=lambda c: c != REFERENCE)
+
+
+def tokens_per_s(loaded: LoadedModel, seconds: float) -> float:
+    """Real tokens/s of ``loaded.model`` on random full-length batches of ``PROBE_SHAPE``."""
+    n, t = PROBE_SHAPE
+    vocab = max(1100, int(getattr(loaded.tokenizer, "vocab_size", 30522)))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, vocab, (n, t), generator=gen)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        loaded.model(ids, mask)  # first call: allocation, graph set-up
+        t0, k = time.perf_counter(), 0
+        while k == 0 or time.perf_counter() - t0 < seconds:
+            loaded.model(ids, mask)
+            k += 1
+    return n * t * k / (time.perf_counter() - t0)
+
+
+def _load(model_dir: Path, settings: Settings, device: str, backend: str, dtype: str):
+    return load_model(
+        model_dir,
+        device,
+        dtype,
+        settings.int8_compile,
+        settings.head_kernel,
+        backend=backend,
+    )
+
+
+def choose_and_load(model_dir: Path, settings: Settings, device: str) -> tuple[LoadedModel, Choice]:
+    """Load ``model_dir`` on ``device`` as the fastest gated (backend, dtype), see module doc."""
+    if device != "cpu":
+        if settings.backend == "onnxruntime":
+            raise ValueError("MODSERVE_BACKEND=onnxruntime runs on CPU; use torch on CUDA")
+        loaded = _load(model_dir, settings, device, "torch", settings.dtype)
+        return loaded, Choice("torch", loaded.dtype, f"{device}: torch")
+    options = candidates(model_dir, settings)
+    explicit = settings.backend != "auto" and settings.dtype != "auto"
+    wanted = options[0] if explicit or len(options) == 1 else None
+    if settings.backend_probe_s <= 0 or (wanted == REFERENCE and len(options) == 1):
+        only = wanted or options[0]  # the reference when it is a candidate
+        loaded = _load(model_dir, settings, device, *only)
+        return loaded, Choice(*only, "as configured, not timed", [Probe(*only)])
+    if wanted is not None and wanted != REFERENCE:
+        options = [REFERENCE, wanted]  # timed against float32 torch, to warn if slower
+    per_round = settings.backend_probe_s / PROBE_ROUNDS
+    loaded_by: dict[tuple[str, str], LoadedModel] = {}
+    probes = {c: Probe(*c) for c in options}
+    for c in options:
+        try:
+            loaded_by[c] = _load(model_dir, settings, device, *c)
+        except Exception as e:  # one candidate failing must not stop the server
+            if c == wanted:
+                raise
+            probes[c].error = f"{type(e).__name__}: {e}"[:300]
+            log.warning("backend %s/%s unavailable for %s: %s", *c, model_dir.name, e)
+    for _ in range(PROBE_ROUNDS):
+        for c, lm in loaded_by.items():
+            measured = tokens_per_s(lm, per_round)
+            probes[c].tokens_per_s = max(probes[c].tokens_per_s or 0.0, measured)
+    timed = [c for c in loaded_by if probes[c].tokens_per_s]
+    if not timed:
+        raise ValueError(f"no backend could load {model_dir.name}: " + "; ".join(
+            f"{p.backend}/{p.dtype}: {p.error}" for p in probes.values()))  # fmt: skip
+    pick: tuple[str, str]
+    if wanted is not None:
+        pick, reason = wanted, "as configured"
+        ref_rate: float | None = probes[REFERENCE].tokens_per_s
+        rate: float | None = probes[wanted].tokens_per_s
+        if ref_rate and rate and rate < ref_rate:
+            log.warning(
+                "SLOWER THAN FLOAT32: %s/%s runs at %.2fx the speed of torch float32 on this "
+                "CPU (%.0f vs %.0f tokens/s at %dx%d). Unset MODSERVE_BACKEND/MODSERVE_DTYPE "
+                "(auto) to serve the fastest gated path.",
+                *wanted, rate / ref_rate, rate, ref_rate, *PROBE_SHAPE,
+            )  # fmt: skip
+            reason = f"as configured; {rate / ref_rate:.2f}x torch float32 here"
+    else:
+        pick, reason = max(timed, key=lambda c: probes[c].tokens_per_s or 0.0), "fastest here"
+    for c in list(loaded_by):
+        if c != pick:
+            del loaded_by[c]
+    gc.collect()
+    table = "; ".join(
+        f"{p.backend}/{p.dtype} "
+        + (f"{p.tokens_per_s:,.0f} tok/s" if p.tokens_per_s else f"unavailable ({p.error})")
+        for p in probes.values()
+    )
+    log.info("%s: serving %s/%s (%s). Measured at %dx%d: %s",
+             model_dir.name, *pick, reason, *PROBE_SHAPE, table)  # fmt: skip
+    ordered = [probes[pick]] + [p for c, p in probes.items() if c != pick]
+    return loaded_by[pick], Choice(*pick, reason, ordered)
