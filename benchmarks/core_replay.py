@@ -29,17 +29,22 @@ MIN_TIME_S = 1.0  # timed per bucket; more = less noise (0.3 s read 0.8-1.2 run 
 
 
 def isolated_core_seconds(
-    model_dir: Path, dtype: str, per_bucket: dict[Any, list[float]], min_time_s: float = MIN_TIME_S
+    model_dir: Path,
+    dtype: str,
+    per_bucket: dict[Any, list[float]],
+    min_time_s: float = MIN_TIME_S,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """{"core_seconds": total, "workers": n, "buckets": [{bucket, batches, batch_size,
-    ms_per_batch}]}; ``ms_per_batch`` is wall time per batch with every worker busy."""
+    ms_per_batch}]}; ``ms_per_batch`` is wall time per batch with every worker busy.
+    ``backend`` + ``dtype``: what the server chose (its /v1/models ``runtime``)."""
     from serving.config import Settings
     from serving.model.cpu_layout import apply_cpu_layout
     from serving.model.load import load_model
 
     workers = apply_cpu_layout(Settings())  # before the model: int8 compiles for this layout
-    loaded = load_model(model_dir, "cpu", dtype)
-    vocab = int(loaded.moderation_model.encoder.config.vocab_size)
+    loaded = load_model(model_dir, "cpu", dtype, backend=backend)
+    vocab = int(loaded.tokenizer.vocab_size)
     gen = torch.Generator().manual_seed(0)
     total, rows = 0.0, []
     for bucket, (batches, sequences) in sorted((int(b), v) for b, v in per_bucket.items()):

@@ -8,8 +8,9 @@ Sweep one server that is already running (no launch)::
 
     python -m benchmarks.load --url http://127.0.0.1:8000 --label mine
 
-Kinds: modserve, modserve-int8 (MODSERVE_DTYPE=int8), modserve-grpc (same server, KServe v2
-gRPC), modserve-ray, naive, ray-batch, infinity. Results:
+Kinds: modserve (defaults: backend x dtype timed at start), modserve-torch (torch float32
+pinned), modserve-int8 (torch int8, compiled), modserve-grpc (same server, KServe v2
+gRPC), modserve-ray, naive, ray-batch, infinity, infinity-onnx (its optimum engine). Results:
 ``benchmarks/results/load-<stamp>.json`` + two PNGs + a markdown table.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.loadgen import GrpcTarget, HttpTarget, Target
 from benchmarks.probes import batch_stats_delta, machine_info, scrape_batch_stats
-from benchmarks.servers import KINDS, MODSERVE_DTYPE_BY_KIND, start_server
+from benchmarks.servers import KINDS, MODSERVE_ENV_BY_KIND, start_server
 from benchmarks.sweep import SweepConfig, run_sweep
 from benchmarks.workload import describe, make_requests, token_counts
 from serving.config import DEFAULT_MODEL_NAME
@@ -35,12 +36,14 @@ DEFAULT_MODEL_DIR = Path("model_repo") / DEFAULT_MODEL_NAME
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ALL_KINDS = (
     "modserve",
+    "modserve-torch",
     "modserve-int8",
     "modserve-grpc",
     "modserve-ray",
     "naive",
     "ray-batch",
     "infinity",
+    "infinity-onnx",
 )
 
 
@@ -60,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--servers",
-        default="modserve,modserve-int8,modserve-grpc,modserve-ray,naive,ray-batch,infinity",
+        default="modserve,modserve-torch,modserve-grpc,modserve-ray,naive,ray-batch,infinity,"
+        "infinity-onnx",
         help=f"comma-separated kinds from {ALL_KINDS}",
     )
     p.add_argument("--url", help="sweep this already running modserve-like server instead")
@@ -173,14 +177,16 @@ def run_kind(
         def make_target() -> Target:
             if kind == "modserve-grpc":
                 return GrpcTarget(server.grpc_url or "", server.model_name)
-            if kind == "infinity":
+            if kind.startswith("infinity"):
                 return HttpTarget(server.base_url, "/classify", infinity_model=model_dir.name)
             return HttpTarget(server.base_url)
 
         out = asyncio.run(
             _sweep_target(make_target, server.base_url, server.pid, workload, cfg, kind)
         )
-        if kind == "infinity":
+        if launch in MODSERVE_ENV_BY_KIND:
+            out["runtime"] = served_runtime(server.base_url, model_dir.name)
+        if kind.startswith("infinity"):
             from benchmarks.peers import infinity_peer
 
             out["export_max_abs_score_diff"] = infinity_peer.LAST_EXPORT_MAX_ABS_DIFF
@@ -188,14 +194,25 @@ def run_kind(
         return {"error": f"{type(e).__name__}: {e}"[:4000], "log_tail": server.log_tail()}
     finally:
         server.stop()
-    if launch in MODSERVE_DTYPE_BY_KIND and core_replay:  # the cores are idle again
-        out["core_replay"] = replay_best_point(
-            out["sweep"], model_dir, MODSERVE_DTYPE_BY_KIND[launch]
-        )
+    if launch in MODSERVE_ENV_BY_KIND and core_replay:  # the cores are idle again
+        rt = out.get("runtime") or {"backend": "torch", "dtype": "float32"}
+        out["core_replay"] = replay_best_point(out["sweep"], model_dir, rt["dtype"], rt["backend"])
     return {"ready_s": round(ready_s, 1), **out}
 
 
-def replay_best_point(sweep: dict[str, Any], model_dir: Path, dtype: str) -> dict[str, Any]:
+def served_runtime(base_url: str, model: str) -> dict[str, Any] | None:
+    """The backend and dtype a modserve server chose (``/v1/models`` ``runtime``)."""
+    import httpx
+
+    for m in httpx.get(base_url + "/v1/models", timeout=10).json()["data"]:
+        if m["id"] == model and "runtime" in m:
+            return dict(m["runtime"])
+    return None
+
+
+def replay_best_point(
+    sweep: dict[str, Any], model_dir: Path, dtype: str, backend: str = "torch"
+) -> dict[str, Any]:
     """The model core alone on the batches of the best closed-loop point (issue #5's rule:
     server throughput >= 85 % of the core's at the same batch composition)."""
     from benchmarks.core_replay import isolated_core_seconds
@@ -204,7 +221,7 @@ def replay_best_point(sweep: dict[str, Any], model_dir: Path, dtype: str) -> dic
     server = best["server"]
     if not server.get("per_bucket") or not server.get("wall_s"):
         return {"error": "the server exposed no per-bucket batch counters"}
-    core = isolated_core_seconds(model_dir, dtype, server["per_bucket"])
+    core = isolated_core_seconds(model_dir, dtype, server["per_bucket"], backend=backend)
     ratio = core["core_seconds"] / server["wall_s"]
     return {
         "concurrency": best["concurrency"],
@@ -284,7 +301,11 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     def good(name: str) -> float:
         return float(servers.get(name, {}).get("sweep", {}).get("goodput_inputs_per_s", 0.0))
 
-    peers = {k: good(k) for k in ("naive", "ray-batch", "infinity") if good(k) > 0}
+    peer_kinds = ("naive", "ray-batch", "infinity", "infinity-onnx")
+    peers = {k: good(k) for k in peer_kinds if good(k) > 0}
+    best_infinity = max(
+        (k for k in peers if k.startswith("infinity")), key=lambda k: peers[k], default=None
+    )
     best_peer = max(peers, key=lambda k: peers[k]) if peers else None
 
     def ratios(kind: str) -> dict[str, Any]:
@@ -300,6 +321,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             f"{key}_over_naive": over("naive"),
             f"max_throughput_{key}_over_naive": _max_ratio(servers, kind, "naive"),
             f"{key}_over_infinity": over("infinity"),
+            f"{key}_over_best_infinity": over(best_infinity),
             f"{key}_over_core_same_batches": replay.get("server_over_core_throughput"),
             f"core_ceiling_{key}_over_naive": _over_max(
                 replay.get("core_only_inputs_per_s"), servers, "naive"
@@ -308,8 +330,10 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
 
     return {
         **(ratios("modserve-int8") if good("modserve-int8") > 0 else {}),
+        **(ratios("modserve-torch") if good("modserve-torch") > 0 else {}),
         **ratios("modserve"),
         "best_peer": best_peer,
+        "best_infinity_engine": best_infinity,
         "padding_ratio_modserve": servers.get("modserve", {}).get("padding_ratio"),
         "padding_ratio_ray_batch": servers.get("ray-batch", {}).get("padding_ratio"),
     }

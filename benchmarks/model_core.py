@@ -1,13 +1,14 @@
 """Model-core throughput: our core (encoder + fused head) per precision vs a plain HF forward.
 
     python -m benchmarks.model_core --quick                      # CPU smoke run, ~1 min
-    python -m benchmarks.model_core                              # CPU: float32, int8
+    python -m benchmarks.model_core                              # CPU: torch and ORT, fp32+int8
     python -m benchmarks.model_core --device cuda                # GPU: float16, bfloat16 (+ fp32)
     python -m benchmarks.model_core --model-dir model_repo/modserve-moderation-minilm
 
 What is timed, for every (sequence length, batch size): the forward the engine runs
 (``LoadedModel.model(ids, mask)`` under ``torch.inference_mode``, scores copied to the
-host) against ``AutoModelForSequenceClassification`` of the same encoder in fp32 under
+host; ``ort-*``: the ONNX Runtime backend, ``serving.model.onnx_runtime``) against
+``AutoModelForSequenceClassification`` of the same encoder in fp32 under
 ``torch.no_grad`` with a sigmoid (what a plain transformers user writes). Inputs are
 full-length random token ids (no padding), so tokens/s counts real tokens.
 
@@ -46,6 +47,7 @@ from benchmarks._models import load_for_bench, version_dir
 from benchmarks.probes import cpu_model
 from benchmarks.report import save_json_and_plot
 from serving.model.load import packaged_encoder_dir
+from serving.model.onnx_runtime import available as ort_available
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_PRECISIONS = {"cpu": "float32,int8", "cuda": "float16,bfloat16"}
@@ -161,6 +163,9 @@ def run(args: argparse.Namespace) -> dict:
         hf_cfg = loaded.moderation_model.encoder.config
         max_len = loaded.cfg.max_length_tokens
         variants.append((f"ours-{p}", p, make_ours(loaded.moderation_model)))
+    for p in [x for x in (args.ort_precisions or "").split(",") if x]:
+        ort = load_for_bench(args.model_dir, device, p, backend="onnxruntime")
+        variants.append((f"ort-{p}", p, make_ours(ort.model)))
     num_labels = len(loaded.cfg.labels)
     for p in args.hf_precisions.split(","):
         variants.insert(0, (f"hf-{p}", p, make_hf(args.model_dir, num_labels, device, p)))
@@ -297,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precisions", default=None, help="ours, comma separated (default by device)")
     ap.add_argument("--hf-precisions", default=None, help="plain HF baselines (default by device)")
     ap.add_argument(
+        "--ort-precisions",
+        default=None,
+        help="ONNX Runtime backend, comma separated (CPU default float32,int8 where "
+        "onnxruntime is installed; '' = none)",
+    )
+    ap.add_argument(
         "--lengths",
         type=lambda s: [int(x) for x in s.split(",")],
         default=[16, 64, 128, 512],
@@ -328,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.model_dir = args.model_dir or packaged_encoder_dir()
     args.precisions = args.precisions or DEFAULT_PRECISIONS[args.device]
+    if args.ort_precisions is None:
+        args.ort_precisions = "float32,int8" if args.device == "cpu" and ort_available() else ""
     args.hf_precisions = args.hf_precisions or DEFAULT_HF_PRECISIONS[args.device]
     if args.quick:
         args.lengths, args.max_batch, args.min_time_s = [16, 64], min(args.max_batch, 32), 0.3

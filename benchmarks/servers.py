@@ -1,9 +1,11 @@
 """Start each server under test as a subprocess on a free loopback port; wait; stop.
 
-Kinds: ``modserve`` (``python -m serving.cli serve``), ``modserve-int8`` (the same with
+Kinds: ``modserve`` (``python -m serving.cli serve``, defaults: the backend and dtype timed
+fastest at start), ``modserve-torch`` (torch float32 pinned), ``modserve-int8`` (torch
 ``MODSERVE_DTYPE=int8``: compiled W8A8 encoder, CPU), ``modserve-ray``
 (``serving.deployments.build_app`` on a local Ray), ``naive`` (peer a), ``ray-batch``
-(peer b), ``infinity`` (peer c, own virtualenv). Every server loads the same model folder.
+(peer b), ``infinity`` (peer c, own virtualenv; ``infinity-onnx``: its optimum engine,
+ONNX Runtime). Every server loads the same model folder.
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ from pathlib import Path
 import httpx
 
 RAY_KINDS = ("modserve-ray", "ray-batch")
-MODSERVE_DTYPE_BY_KIND = {"modserve": "auto", "modserve-int8": "int8"}  # single-process kinds
-KINDS = ("modserve", "modserve-int8", "modserve-ray", "naive", "ray-batch", "infinity")
+# Single-process modserve kinds and what they set: ``modserve`` = the defaults (backend and
+# dtype timed at start: serving.model.backend_choice), the others pin one path.
+MODSERVE_ENV_BY_KIND: dict[str, dict[str, str]] = {
+    "modserve": {},
+    "modserve-torch": {"MODSERVE_BACKEND": "torch", "MODSERVE_DTYPE": "float32"},
+    "modserve-int8": {"MODSERVE_BACKEND": "torch", "MODSERVE_DTYPE": "int8"},
+}
+KINDS = (
+    "modserve", "modserve-torch", "modserve-int8", "modserve-ray", "naive", "ray-batch",
+    "infinity", "infinity-onnx",
+)  # fmt: skip
 READY_TIMEOUT_S = 240.0  # Ray start + model load + warm-up on a busy 2-core machine
 STOP_TIMEOUT_S = 30.0
 
@@ -103,7 +114,7 @@ def start_server(kind: str, model_dir: Path, env: dict[str, str] | None = None) 
     }
     py = sys.executable
     grpc_url, ready = None, "/ready"
-    if kind in MODSERVE_DTYPE_BY_KIND:
+    if kind in MODSERVE_ENV_BY_KIND:
         grpc_port = free_port()
         grpc_url = f"127.0.0.1:{grpc_port}"
         full_env.update(
@@ -114,7 +125,7 @@ def start_server(kind: str, model_dir: Path, env: dict[str, str] | None = None) 
                 "MODSERVE_PORT": str(port),
                 "MODSERVE_GRPC_PORT": str(grpc_port),
                 "MODSERVE_LOG_LEVEL": "warning",
-                "MODSERVE_DTYPE": MODSERVE_DTYPE_BY_KIND[kind],
+                **MODSERVE_ENV_BY_KIND[kind],
             }
         )
         argv = [py, "-m", "serving.cli", "serve"]
@@ -141,10 +152,11 @@ def start_server(kind: str, model_dir: Path, env: dict[str, str] | None = None) 
             "--port",
             str(port),
         ]
-    elif kind == "infinity":
+    elif kind in ("infinity", "infinity-onnx"):
         from benchmarks.peers import infinity_peer
 
-        argv = infinity_peer.command(model_dir, port)
+        engine = "optimum" if kind == "infinity-onnx" else "torch"
+        argv = infinity_peer.command(model_dir, port, engine)
         ready = "/health"
     else:
         raise ValueError(f"unknown server kind {kind!r}; choose from {KINDS}")

@@ -254,6 +254,23 @@ def _dilution_section(dil: dict, cfg: ModelConfig) -> str:
     )
 
 
+def _onnx_int8_section(gate: dict | None) -> str:
+    """The ONNX Runtime int8 graph's gate (``training.export.onnx_int8_gate``), if run."""
+    if not gate:
+        return "ONNX Runtime int8: not gated (exported before the ONNX Runtime backend)."
+    if "limits" not in gate:
+        return f"ONNX Runtime int8: not gated ({'; '.join(gate.get('failures', []))})."
+    kept = gate.get("float_layers") or []
+    where = f"{len(kept)} Linears kept float32" if kept else "every encoder Linear int8"
+    return (
+        "ONNX Runtime int8 (`serving.model.onnx_export`: the same smoothing and per-channel "
+        "weights, one symmetric scale per token, GELU-fed layers shifted to [0, max]; what "
+        f"`MODSERVE_BACKEND=onnxruntime MODSERVE_DTYPE=int8` serves), {where}, tried "
+        f"{len(gate.get('attempts', [])) or 1} plan(s): {_gate_summary(gate)} -> "
+        f"**onnx_int8_ok: {str(gate['int8_ok']).lower()}**{_gate_failures(gate)}."
+    )
+
+
 def _gate_failures(gate: dict) -> str:
     fails = gate.get("failures") or []
     return " (failed: " + "; ".join(fails) + ")" if fails else ""
@@ -388,6 +405,8 @@ training texts and shipped as `int8_smoothing.safetensors`; what `MODSERVE_DTYPE
 serves) was evaluated against fp32 on the same validation rows. {_int8_plan(gate)}
 AUPRC change (fp32 - int8): {drops}. {_gate_summary(gate)} ->
 **int8_ok: {str(gate["int8_ok"]).lower()}**{_gate_failures(gate)}.
+
+{_onnx_int8_section(out.get("onnx_int8_gate"))}
 
 {_dilution_section(out.get("dilution", {}), cfg)}
 

@@ -87,8 +87,39 @@ def ensure_venv() -> Path:
     return exe
 
 
-def export_model(model_dir: Path) -> tuple[Path, float]:
-    """HF folder equivalent to ``model_dir``; returns (folder, max abs score difference)."""
+ONNX_FILE = "model.onnx"  # what infinity's optimum engine loads (ORTModelForSequenceClassification)
+
+
+def export_onnx(model_dir: Path, out: Path) -> None:
+    """``out/model.onnx``: modserve's logits (pooling + linear, before the sigmoid, which the
+    pipeline applies for ``multi_label_classification``) as ONNX, float32, for ``--engine
+    optimum``. optimum's own exporter would build a stock ``BertForSequenceClassification``
+    (CLS + tanh pooler), which is not this model."""
+    import torch as t
+
+    from serving.model.load import load_model
+    from serving.model.onnx_export import OPSET
+
+    model = load_model(model_dir, "cpu", "float32", head_kernel="torch").moderation_model
+
+    class Logits(t.nn.Module):
+        def forward(self, input_ids: t.Tensor, attention_mask: t.Tensor) -> t.Tensor:
+            return model.logits(input_ids, attention_mask)
+
+    ids = t.randint(1000, 2000, (2, 16))
+    axes = {0: "batch", 1: "tokens"}
+    with t.inference_mode():
+        t.onnx.export(
+            Logits(), (ids, t.ones_like(ids)), str(out / ONNX_FILE),
+            input_names=["input_ids", "attention_mask"], output_names=["logits"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
+            opset_version=OPSET, dynamo=False,
+        )  # fmt: skip
+
+
+def export_model(model_dir: Path, engine: str = "torch") -> tuple[Path, float]:
+    """HF folder equivalent to ``model_dir`` (plus ``model.onnx`` for ``engine`` optimum);
+    returns (folder, max abs score difference)."""
     from safetensors.torch import load_file, save_file
 
     from serving.model.load import HEAD_PREFIX, WEIGHTS_FILE
@@ -96,7 +127,7 @@ def export_model(model_dir: Path) -> tuple[Path, float]:
 
     cfg = load_model_config(model_dir)
     vdir = cfg.version_dir(model_dir)
-    out = EXPORT_ROOT / cfg.name
+    out = EXPORT_ROOT / f"{cfg.name}-{engine}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     hf = json.loads((vdir / "config.json").read_text())
@@ -131,13 +162,16 @@ def export_model(model_dir: Path) -> tuple[Path, float]:
     tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.exists() else {}
     tok_cfg["model_max_length"] = cfg.max_length_tokens
     tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
+    if engine == "optimum":
+        export_onnx(model_dir, out)
     global LAST_EXPORT_MAX_ABS_DIFF
-    LAST_EXPORT_MAX_ABS_DIFF = _max_abs_diff(model_dir, out)
+    LAST_EXPORT_MAX_ABS_DIFF = _max_abs_diff(model_dir, out, engine)
     return out, LAST_EXPORT_MAX_ABS_DIFF
 
 
-def _max_abs_diff(model_dir: Path, export_dir: Path) -> float:
-    """Raw head scores of modserve's model vs the exported folder on a few texts."""
+def _max_abs_diff(model_dir: Path, export_dir: Path, engine: str = "torch") -> float:
+    """Raw head scores of modserve's model vs the exported folder (its ONNX file for
+    ``engine`` optimum) on a few texts."""
     import torch as t
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -153,13 +187,20 @@ def _max_abs_diff(model_dir: Path, export_dir: Path) -> float:
     with t.inference_mode():
         a = ours.model(enc["input_ids"], enc["attention_mask"]).float()
         b = t.sigmoid(theirs(**enc).logits.float())
+    if engine == "optimum":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(export_dir / ONNX_FILE), providers=["CPUExecutionProvider"])
+        feeds = {k: enc[k].numpy() for k in ("input_ids", "attention_mask")}
+        b = t.sigmoid(t.from_numpy(sess.run(["logits"], feeds)[0]))
     return float((a - b).abs().max())
 
 
-def command(model_dir: Path, port: int) -> list[str]:
-    """argv that serves the exported ``model_dir`` with infinity on 127.0.0.1:``port``."""
+def command(model_dir: Path, port: int, engine: str = "torch") -> list[str]:
+    """argv that serves the exported ``model_dir`` with infinity on 127.0.0.1:``port``,
+    with its ``engine`` (``torch``, or ``optimum``: ONNX Runtime)."""
     exe = ensure_venv()
-    export_dir, _ = export_model(model_dir)
+    export_dir, _ = export_model(model_dir, engine)
     return [
         str(exe),
         "v2",
@@ -174,5 +215,5 @@ def command(model_dir: Path, port: int) -> list[str]:
         "--device",
         "cpu",
         "--engine",
-        "torch",
+        engine,
     ]

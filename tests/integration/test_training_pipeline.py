@@ -130,6 +130,9 @@ def test_train_export_load_score(tmp_path: Path) -> None:
     assert set(cfg.thresholds) == set(cfg.served_categories)
     assert all(0.0 < t < 1.0 for t in cfg.thresholds.values())
     assert cfg.int8_ok == out["int8_gate"]["int8_ok"]
+    onnx_gate = out["onnx_int8_gate"]
+    assert cfg.onnx_int8_ok == onnx_gate["int8_ok"] and onnx_gate["attempts"]
+    assert onnx_gate["int8_ok"] or onnx_gate["failures"]  # a failed gate says why
     raw = yaml.safe_load((model_dir / "config.yaml").read_text())
     assert raw["max_length_tokens"] == 256 and raw["pooling"] == "mean"
 
@@ -157,6 +160,9 @@ def test_train_export_load_score(tmp_path: Path) -> None:
 
     if cfg.int8_ok:
         q = load_model(model_dir, "cpu", "int8")
+        assert score_served(q, texts).shape == s.shape
+    if cfg.onnx_int8_ok:
+        q = load_model(model_dir, "cpu", "int8", backend="onnxruntime")
         assert score_served(q, texts).shape == s.shape
 
     rep = evaluate(model_dir, [data], out_json=tmp_path / "eval.json")
