@@ -114,6 +114,7 @@ def start_server(kind: str, model_dir: Path, env: dict[str, str] | None = None) 
     }
     py = sys.executable
     grpc_url, ready = None, "/ready"
+    cwd: Path | None = None
     if kind in MODSERVE_ENV_BY_KIND:
         grpc_port = free_port()
         grpc_url = f"127.0.0.1:{grpc_port}"
@@ -156,13 +157,18 @@ def start_server(kind: str, model_dir: Path, env: dict[str, str] | None = None) 
         from benchmarks.peers import infinity_peer
 
         engine = "optimum" if kind == "infinity-onnx" else "torch"
-        argv = infinity_peer.command(model_dir, port, engine)
+        argv, cwd = infinity_peer.command(model_dir, port, engine)
         ready = "/health"
     else:
         raise ValueError(f"unknown server kind {kind!r}; choose from {KINDS}")
     log = Path(tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".log")[1])
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            argv, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=full_env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     return Server(kind, proc, f"http://127.0.0.1:{port}", log, grpc_url, model_dir.name, ready)

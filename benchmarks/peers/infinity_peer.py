@@ -100,17 +100,22 @@ def export_onnx(model_dir: Path, out: Path) -> None:
     from serving.model.load import load_model
     from serving.model.onnx_export import OPSET
 
-    model = load_model(model_dir, "cpu", "float32", head_kernel="torch").moderation_model
-
     class Logits(t.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = load_model(model_dir, "cpu", "float32").moderation_model
+
         def forward(self, input_ids: t.Tensor, attention_mask: t.Tensor) -> t.Tensor:
-            return model.logits(input_ids, attention_mask)
+            # infinity's optimum classifier does not truncate (its torch one does, at
+            # model_max_length): cut here, as that tokenizer setting would.
+            n = self.model.cfg.max_length_tokens
+            return self.model.logits(input_ids[:, :n], attention_mask[:, :n])
 
     ids = t.randint(1000, 2000, (2, 16))
     axes = {0: "batch", 1: "tokens"}
     with t.inference_mode():
         t.onnx.export(
-            Logits(), (ids, t.ones_like(ids)), str(out / ONNX_FILE),
+            Logits().eval(), (ids, t.ones_like(ids)), str(out / ONNX_FILE),
             input_names=["input_ids", "attention_mask"], output_names=["logits"],
             dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
             opset_version=OPSET, dynamo=False,
@@ -196,16 +201,20 @@ def _max_abs_diff(model_dir: Path, export_dir: Path, engine: str = "torch") -> f
     return float((a - b).abs().max())
 
 
-def command(model_dir: Path, port: int, engine: str = "torch") -> list[str]:
-    """argv that serves the exported ``model_dir`` with infinity on 127.0.0.1:``port``,
-    with its ``engine`` (``torch``, or ``optimum``: ONNX Runtime)."""
+def command(model_dir: Path, port: int, engine: str = "torch") -> tuple[list[str], Path]:
+    """(argv, working directory) that serve the exported ``model_dir`` with infinity on
+    127.0.0.1:``port``, with its ``engine`` (``torch``, or ``optimum``: ONNX Runtime).
+
+    It runs in the export folder with ``--model-id .``: infinity's optimum engine passes the
+    ONNX file's path as found by globbing the model id to optimum, which wants it relative
+    to the model folder (an absolute id fails with "Could not find any ONNX files")."""
     exe = ensure_venv()
     export_dir, _ = export_model(model_dir, engine)
     return [
         str(exe),
         "v2",
         "--model-id",
-        str(export_dir),
+        ".",
         "--served-model-name",
         model_dir.name,
         "--host",
@@ -216,4 +225,4 @@ def command(model_dir: Path, port: int, engine: str = "torch") -> list[str]:
         "cpu",
         "--engine",
         engine,
-    ]
+    ], export_dir

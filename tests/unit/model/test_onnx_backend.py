@@ -53,13 +53,18 @@ class _Toy(nn.Module):
         blk.output.dense = nn.Linear(8, 4)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = input_ids.float().unsqueeze(-1) * torch.linspace(-1, 1, 16) * attention_mask[..., None]
+        x = (
+            input_ids.float().unsqueeze(-1)
+            * torch.linspace(-0.5, 1.5, 16)
+            * attention_mask[..., None]
+        )
         blk = self.encoder.layer[0]
         return blk.output.dense(nn.functional.gelu(blk.query(x)))
 
 
 def _reference_int8(x: np.ndarray, w: np.ndarray, b: np.ndarray, shifted: bool) -> np.ndarray:
-    """The module doc's arithmetic, in numpy (no smoothing): per-token scale, int8 weights."""
+    """The module doc's arithmetic, in numpy (no smoothing): per-token scale, int8 weights.
+    The toy's inputs are not symmetric around 0, so centring is exercised."""
     wt = w.T
     w_scale = np.maximum(np.abs(wt).max(axis=0), 1e-8) / 127.0
     wq = np.clip(np.round(wt / w_scale), -127, 127)
@@ -68,10 +73,12 @@ def _reference_int8(x: np.ndarray, w: np.ndarray, b: np.ndarray, shifted: bool) 
         scale = np.maximum(xs.max(axis=-1, keepdims=True) / 255.0, 1e-8)
         q = np.clip(np.rint(xs / scale), 0, 255)
         y = (q @ wq) * w_scale * scale - 0.17 * wt.sum(axis=0)
-    else:
-        scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True) / 127.0, 1e-8)
-        q = np.clip(np.rint(x / scale) + 128, 0, 255) - 128
-        y = (q @ wq) * w_scale * scale
+    else:  # centred on each token's midpoint
+        hi, lo = x.max(axis=-1, keepdims=True), x.min(axis=-1, keepdims=True)
+        mid = (hi + lo) / 2
+        scale = np.maximum((hi - lo) / 2 / 127.0, 1e-8)
+        q = np.clip(np.rint((x - mid) / scale) + 128, 0, 255) - 128
+        y = (q @ wq) * w_scale * scale + mid * wt.sum(axis=0)
     return y + b
 
 
@@ -86,7 +93,7 @@ def test_int8_rewrite_is_the_documented_arithmetic(tmp_path: Path) -> None:
     mask = torch.ones_like(ids)
     got = OnnxRuntimeModel(dst, 1)(ids, mask).numpy()
     blk = toy.encoder.layer[0]
-    x = (ids.float().unsqueeze(-1) * torch.linspace(-1, 1, 16)).numpy()
+    x = (ids.float().unsqueeze(-1) * torch.linspace(-0.5, 1.5, 16)).numpy()
     q = blk.query
     h = _reference_int8(x, q.weight.detach().numpy(), q.bias.detach().numpy(), False)
     h = nn.functional.gelu(torch.from_numpy(h)).numpy()
