@@ -40,8 +40,8 @@ def test_float32_graph_scores_as_torch(tiny_repo: Path, tmp_path: Path) -> None:
 
 
 class _Toy(nn.Module):
-    """Two Linears the rewrite must recognise: an attention-style one (symmetric) and an FFN
-    output fed by a GELU (shifted), named as in HF BERT."""
+    """Two Linears the rewrite must find by their weights: one on the input, one on a GELU
+    output (the FFN output projection's situation), named as in HF BERT."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,24 +62,18 @@ class _Toy(nn.Module):
         return blk.output.dense(nn.functional.gelu(blk.query(x)))
 
 
-def _reference_int8(x: np.ndarray, w: np.ndarray, b: np.ndarray, shifted: bool) -> np.ndarray:
-    """The module doc's arithmetic, in numpy (no smoothing): per-token scale, int8 weights.
-    The toy's inputs are not symmetric around 0, so centring is exercised."""
+def _reference_int8(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The module doc's arithmetic, in numpy (no smoothing): per-token range on 253 levels
+    centred on a level-aligned midpoint, int8 weights per output channel. The toy's inputs
+    are not symmetric around 0, so the centring is exercised."""
     wt = w.T
     w_scale = np.maximum(np.abs(wt).max(axis=0), 1e-8) / 127.0
     wq = np.clip(np.round(wt / w_scale), -127, 127)
-    if shifted:
-        xs = x + 0.17
-        scale = np.maximum(xs.max(axis=-1, keepdims=True) / 255.0, 1e-8)
-        q = np.clip(np.rint(xs / scale), 0, 255)
-        y = (q @ wq) * w_scale * scale - 0.17 * wt.sum(axis=0)
-    else:  # centred on each token's midpoint
-        hi, lo = x.max(axis=-1, keepdims=True), x.min(axis=-1, keepdims=True)
-        mid = (hi + lo) / 2
-        scale = np.maximum((hi - lo) / 2 / 127.0, 1e-8)
-        q = np.clip(np.rint((x - mid) / scale) + 128, 0, 255) - 128
-        y = (q @ wq) * w_scale * scale + mid * wt.sum(axis=0)
-    return y + b
+    hi, lo = x.max(axis=-1, keepdims=True), x.min(axis=-1, keepdims=True)
+    scale = np.maximum((hi - lo) / 253.0, 1e-8)
+    mid = np.rint((hi + lo) / 2 / scale) * scale
+    q = np.clip(np.rint((x - mid) / scale) + 128, 0, 255) - 128
+    return (q @ wq) * w_scale * scale + mid * (wq * w_scale).sum(axis=0) + b
 
 
 def test_int8_rewrite_is_the_documented_arithmetic(tmp_path: Path) -> None:
@@ -95,10 +89,10 @@ def test_int8_rewrite_is_the_documented_arithmetic(tmp_path: Path) -> None:
     blk = toy.encoder.layer[0]
     x = (ids.float().unsqueeze(-1) * torch.linspace(-0.5, 1.5, 16)).numpy()
     q = blk.query
-    h = _reference_int8(x, q.weight.detach().numpy(), q.bias.detach().numpy(), False)
+    h = _reference_int8(x, q.weight.detach().numpy(), q.bias.detach().numpy())
     h = nn.functional.gelu(torch.from_numpy(h)).numpy()
     d = blk.output.dense
-    want = _reference_int8(h, d.weight.detach().numpy(), d.bias.detach().numpy(), True)
+    want = _reference_int8(h, d.weight.detach().numpy(), d.bias.detach().numpy())
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     with torch.inference_mode():
         exact = toy(ids, mask).numpy()
