@@ -264,8 +264,8 @@ def _onnx_int8_section(gate: dict | None) -> str:
     where = f"{len(kept)} Linears kept float32" if kept else "every encoder Linear int8"
     return (
         "ONNX Runtime int8 (`serving.model.onnx_export`: the same smoothing and per-channel "
-        "weights, one symmetric scale per token, GELU-fed layers shifted to [0, max]; what "
-        f"`MODSERVE_BACKEND=onnxruntime MODSERVE_DTYPE=int8` serves), {where}, tried "
+        "weights, one min..max scale per token as uint8 around a level-aligned midpoint; "
+        f"what `MODSERVE_BACKEND=onnxruntime MODSERVE_DTYPE=int8` serves), {where}, tried "
         f"{len(gate.get('attempts', [])) or 1} plan(s): {_gate_summary(gate)} -> "
         f"**onnx_int8_ok: {str(gate['int8_ok']).lower()}**{_gate_failures(gate)}."
     )

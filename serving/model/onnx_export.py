@@ -11,9 +11,9 @@ is made; the transformers ``optimize_model`` attention fusion was measured slowe
 int8 (:func:`rewrite_int8`): every encoder Linear ``x @ W^T`` becomes, in ONNX operators,
 
     xs = x / s                                  (SmoothQuant factors, as torch int8 uses)
-    scale = (max - min) / 253 per token         (ReduceMax / ReduceMin over features)
+    scale = (max - min) / 255 per token         (ReduceMax / ReduceMin over features)
     mid = round((max + min) / 2 / scale) * scale
-    q = QuantizeLinear(xs - mid, scale, 128)    (uint8, one scale per token, axis 0)
+    q = QuantizeLinear(xs - mid, scale, 128)    (uint8 0..255 = -128..127 levels, per token)
     y = MatMulIntegerToFloat(q, Wq, 1, w_scale, 128) * scale + mid * sum_k(Wq * w_scale)
 
 ``Wq`` int8 with one scale per output channel (weights x s). This is the arithmetic of the
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 OPSET = 17  # ReduceMin/ReduceMax take ``axes`` as an attribute up to opset 17
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "scores"
-FORMAT_VERSION = 4  # bump when the graph this module writes changes
+FORMAT_VERSION = 5  # bump when the graph this module writes changes
 
 
 def export_float(model: nn.Module, path: Path) -> None:
@@ -113,7 +113,7 @@ def rewrite_int8(
     linears = _linear_names_by_weight(encoder)
     smoothing = smoothing or {}
     shared: dict[str, np.ndarray] = {
-        "int8/c253": np.array(253.0, np.float32),
+        "int8/c255": np.array(255.0, np.float32),
         "int8/eps": np.array(1e-8, np.float32),
         "int8/one": np.array(1.0, np.float32),
         "int8/half": np.array(0.5, np.float32),
@@ -181,11 +181,11 @@ def _int8_nodes(p: str, x: str, out: str) -> list[Any]:
     x = op("Mul", [x, p + "inv_s"], "xs")
     hi = op("ReduceMax", [x], "hi", axes=[-1], keepdims=1)
     lo = op("ReduceMin", [x], "lo", axes=[-1], keepdims=1)
-    scale = op("Max", [op("Div", [op("Sub", [hi, lo], "span"), "int8/c253"], "scale0"),
+    scale = op("Max", [op("Div", [op("Sub", [hi, lo], "span"), "int8/c255"], "scale0"),
                        "int8/eps"], "scale")  # fmt: skip
     mid = op("Mul", [op("Add", [hi, lo], "hi_lo"), "int8/half"], "mid0")
     mid = op("Mul", [op("Round", [op("Div", [mid, scale], "mid_steps")], "mid_k"), scale], "mid")
-    x = op("Sub", [x, mid], "xs_centred")  # |x| <= 127 scale; 0 -> an exact level
+    x = op("Sub", [x, mid], "xs_centred")  # in [-128, 128] x scale (+128: one level clipped)
     per_row = op("Reshape", [scale, "int8/flat"], "scale_rows")  # (rows,)
     shape = op("Shape", [x], "shape")
     features = op("Slice", [shape, "int8/i_1", "int8/imax"], "features")

@@ -63,14 +63,14 @@ class _Toy(nn.Module):
 
 
 def _reference_int8(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The module doc's arithmetic, in numpy (no smoothing): per-token range on 253 levels
+    """The module doc's arithmetic, in numpy (no smoothing): per-token range on 255 levels
     centred on a level-aligned midpoint, int8 weights per output channel. The toy's inputs
     are not symmetric around 0, so the centring is exercised."""
     wt = w.T
     w_scale = np.maximum(np.abs(wt).max(axis=0), 1e-8) / 127.0
     wq = np.clip(np.round(wt / w_scale), -127, 127)
     hi, lo = x.max(axis=-1, keepdims=True), x.min(axis=-1, keepdims=True)
-    scale = np.maximum((hi - lo) / 253.0, 1e-8)
+    scale = np.maximum((hi - lo) / 255.0, 1e-8)
     mid = np.rint((hi + lo) / 2 / scale) * scale
     q = np.clip(np.rint((x - mid) / scale) + 128, 0, 255) - 128
     return (q @ wq) * w_scale * scale + mid * (wq * w_scale).sum(axis=0) + b
