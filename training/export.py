@@ -292,37 +292,49 @@ def onnx_int8_gate(
 ) -> dict:
     """The same gate for the ONNX Runtime int8 graph (``serving.model.onnx_export``), its
     plans tried in turn (``ONNX_INT8_PLANS`` float layers, ``ranked`` = the torch int8
-    sensitivity order); sets ``cfg.onnx_int8_ok`` / ``onnx_int8_float_layers``. Skipped
-    (not ok) where onnxruntime is not installed."""
+    sensitivity order) with 8-bit weights, then the passing plan with 7-bit weights (exact on
+    CPUs without VNNI too: ``onnx_export.SATURATION``), kept if it passes as well; sets
+    ``cfg.onnx_int8_ok`` / ``onnx_int8_float_layers`` / ``onnx_int8_weight_bits``. Not gated
+    (not ok) where onnxruntime is missing or the CPU itself would saturate."""
     import tempfile
 
-    from serving.model.onnx_export import cached_onnx
-    from serving.model.onnx_runtime import OnnxRuntimeModel, available
+    from serving.model.onnx_export import SATURATION, cached_onnx
+    from serving.model.onnx_runtime import OnnxRuntimeModel, available, exact_u8s8_gemm
 
-    cfg.onnx_int8_ok, cfg.onnx_int8_float_layers = False, []
+    cfg.onnx_int8_ok, cfg.onnx_int8_float_layers, cfg.onnx_int8_weight_bits = False, [], 8
     if not available():
         return {"int8_ok": False, "failures": ["onnxruntime is not installed"], "attempts": []}
+    if not exact_u8s8_gemm():
+        return {"int8_ok": False, "attempts": [], "failures": [
+            f"not gated on a CPU without VNNI: {SATURATION}; export on a VNNI CPU"]}  # fmt: skip
     vdir = cfg.version_dir(model_dir)
     smoothing = load_smoothing(vdir)
     attempts: list[dict] = []
-    gate: dict = {}
+
+    def attempt(keep: list[str], bits: int, tmp: str) -> dict:
+        path = cached_onnx(loaded.model, vdir, "int8", smoothing, keep, Path(tmp), bits)
+        session = OnnxRuntimeModel(path, torch.get_num_threads())
+        log.info("scoring %d validation rows (ONNX Runtime int8, %d-bit weights, %d Linears "
+                 "float32)", len(texts), bits, len(keep))  # fmt: skip
+        s8 = served_scores(score_heads(session, loaded.tokenizer, cfg, texts), texts, cfg)
+        gate = int8_gate(cfg, y, m, s32, s8, rep32, report(cfg, y, m, s8), limits)
+        gate.update(float_layers=keep, weight_bits=bits)
+        attempts.append({k: gate[k] for k in ("float_layers", "weight_bits",
+                         "row_flag_agreement", "p999_abs_score_diff", "failures")})  # fmt: skip
+        return gate
+
     with tempfile.TemporaryDirectory(prefix="modserve-onnx-gate-") as tmp:
-        for kept in ONNX_INT8_PLANS:
-            keep = ranked[:kept]
-            path = cached_onnx(loaded.model, vdir, "int8", smoothing, keep, Path(tmp))
-            session = OnnxRuntimeModel(path, torch.get_num_threads())
-            log.info("scoring %d validation rows (ONNX Runtime int8, %d Linears float32)",
-                     len(texts), kept)  # fmt: skip
-            s8 = served_scores(score_heads(session, loaded.tokenizer, cfg, texts), texts, cfg)
-            gate = int8_gate(cfg, y, m, s32, s8, rep32, report(cfg, y, m, s8), limits)
-            gate["float_layers"] = keep
-            attempts.append({k: gate[k] for k in ("float_layers", "row_flag_agreement",
-                             "p999_abs_score_diff", "failures")})  # fmt: skip
+        for kept in ONNX_INT8_PLANS:  # 8-bit weights: exact on VNNI CPUs
+            gate = attempt(ranked[:kept], 8, tmp)
             if gate["int8_ok"]:
                 break
+        if gate["int8_ok"]:  # the same plan in 7-bit weights is exact on every x86 CPU
+            portable = attempt(gate["float_layers"], 7, tmp)
+            gate = portable if portable["int8_ok"] else gate
     gate["attempts"] = attempts
     cfg.onnx_int8_ok = bool(gate["int8_ok"])
     cfg.onnx_int8_float_layers = gate["float_layers"] if cfg.onnx_int8_ok else []
+    cfg.onnx_int8_weight_bits = gate["weight_bits"] if cfg.onnx_int8_ok else 8
     return gate
 
 

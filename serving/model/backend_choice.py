@@ -30,8 +30,10 @@ import torch
 
 from serving.config import Settings
 from serving.model.load import LoadedModel, load_model
+from serving.model.onnx_export import SATURATION
 from serving.model.onnx_runtime import available as onnxruntime_available
-from serving.model.repo_config import load_model_config
+from serving.model.onnx_runtime import exact_u8s8_gemm
+from serving.model.repo_config import ModelConfig, load_model_config
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +77,34 @@ def candidates(model_dir: Path, settings: Settings) -> list[tuple[str, str]]:
             raise ValueError("MODSERVE_BACKEND=onnxruntime but onnxruntime is not installed")
         backends.remove("onnxruntime")
     dtypes = ["float32", "int8"] if settings.dtype == "auto" else [settings.dtype]
+    explicit = settings.backend != "auto" and settings.dtype != "auto"
     out = []
     for b in backends:
         for d in dtypes:
-            if d == "int8" and b == "torch" and settings.dtype == "auto":
-                continue  # compiled int8 kernels: 40-110 s of start-up; by name only
-            if d == "int8" and b == "onnxruntime" and not cfg.onnx_int8_ok:
-                if settings.dtype == "int8" and settings.backend == "onnxruntime":
-                    out.append((b, d))  # load_model names the failed gate
-                continue
-            if d == "int8" and b == "onnxruntime" and cfg.architecture == "hf":
-                continue
-            out.append((b, d))
+            if explicit or d == "float32":
+                out.append((b, d))  # asked for by name: load_model says if it cannot be
+            elif b == "onnxruntime" and _onnx_int8_usable(cfg):
+                out.append((b, d))
+            elif b == "torch" and settings.dtype == "int8" and cfg.int8_ok:
+                out.append((b, d))  # compiled kernels: 40-110 s of start-up; by name only
+    if not out:
+        raise ValueError(
+            f"MODSERVE_DTYPE={settings.dtype}: model {cfg.name!r} has no {settings.dtype} "
+            "path that passed its accuracy gate and is exact on this CPU (see config.yaml "
+            "int8_ok / onnx_int8_ok)"
+        )
     return sorted(out, key=lambda c: c != REFERENCE)
+
+
+def _onnx_int8_usable(cfg: ModelConfig) -> bool:
+    """The model's ONNX int8 graph passed its gate and is exact on this CPU."""
+    if not cfg.onnx_int8_ok or cfg.architecture == "hf":
+        return False
+    if cfg.onnx_int8_weight_bits == 8 and not exact_u8s8_gemm():
+        log.info("%s: ONNX Runtime int8 skipped: its 8-bit weights are exact only on CPUs "
+                 "with VNNI (%s)", cfg.name, SATURATION)  # fmt: skip
+        return False
+    return True
 
 
 def tokens_per_s(loaded: LoadedModel, seconds: float) -> float:

@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from kernels.classification_head import HeadKernel, head_logits_reference, head_scores
+from serving.model.onnx_runtime import exact_u8s8_gemm
 from serving.model.quantize import load_smoothing, quantize_encoder_int8
 from serving.model.repo_config import ModelConfig, load_model_config
 
@@ -131,6 +132,13 @@ def resolve_dtype(
             raise ValueError(
                 f"model {cfg.name!r} did not pass the accuracy gate in ONNX Runtime int8 "
                 "(onnx_int8_ok: false in config.yaml)"
+            )
+        if requested == "int8" and cfg.onnx_int8_weight_bits == 8 and not exact_u8s8_gemm():
+            raise ValueError(
+                f"model {cfg.name!r} passed its ONNX Runtime int8 gate with 8-bit weights, "
+                "which this CPU (no VNNI) cannot multiply exactly: uint8 x int8 pairs "
+                "saturate int16 (VPMADDUBSW). Serve float32 here, or re-export: the export "
+                "also gates 7-bit weights, exact on every CPU"
             )
         return requested
     if device.type == "cpu" and requested in ("float16", "bfloat16"):

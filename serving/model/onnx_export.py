@@ -30,6 +30,13 @@ activations far larger than other tokens, and per-tensor scales moved the defaul
 scores by up to 0.40 (0.22 smoothed with 4 layers float). Per-layer relative output error
 on real activations equals torch int8's (e.g. FFN output 5.6e-4, query 1.6e-4).
 
+Saturation (``SATURATION``): without VNNI, x86 CPUs multiply uint8 x int8 with VPMADDUBSW,
+which adds each pair of products into int16 and saturates: 2 x 255 x 127 > 32,767. With
+VNNI (AVX512-VNNI or AVX-VNNI) the products go straight to int32 and nothing saturates. So a
+graph with 8-bit weights is exact only on VNNI CPUs; with 7-bit weights (|w| <= 63: 2 x 255
+x 63 = 32,130) it is exact everywhere. The export gates both and records which one passed
+(``onnx_int8_weight_bits``); the backend choice skips an 8-bit graph on a CPU without VNNI.
+
 Files: ``model.onnx`` / ``model.int8.onnx`` in a cache directory keyed by a hash of what
 they are made from (weights, smoothing factors, float layers, exporter versions), so a new
 model version or a new plan never reuses a stale graph; see :func:`cached_onnx`.
@@ -58,6 +65,7 @@ OPSET = 17  # ReduceMin/ReduceMax take ``axes`` as an attribute up to opset 17
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "scores"
 FORMAT_VERSION = 5  # bump when the graph this module writes changes
+SATURATION = "uint8 x int8 pairs saturate int16 (VPMADDUBSW) on x86 without VNNI"
 
 
 def export_float(model: nn.Module, path: Path) -> None:
@@ -100,10 +108,17 @@ def rewrite_int8(
     encoder: nn.Module,
     smoothing: dict[str, torch.Tensor] | None,
     keep_float: Collection[str] = (),
+    weight_bits: int = 8,
 ) -> list[str]:
     """Write ``dst``: the float graph ``src`` with every encoder Linear's MatMul as the int8
     subgraph of the module doc, except ``keep_float`` (qualified names). Returns the names
-    rewritten. Linears are found by their weights (node names depend on the exporter)."""
+    rewritten. Linears are found by their weights (node names depend on the exporter).
+
+    ``weight_bits`` 7 keeps weights in [-63, 63] (see ``SATURATION``): exact on every x86
+    CPU, at twice the weight rounding error."""
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8, not {weight_bits}")
+    levels = 2 ** (weight_bits - 1) - 1  # 127 or 63
     import onnx
     from onnx import helper, numpy_helper
 
@@ -141,10 +156,10 @@ def rewrite_int8(
         s = smoothing.get(name)
         inv_s = np.ones(wt.shape[0], np.float32) if s is None else 1.0 / s.float().numpy()
         w = wt / inv_s[:, None]
-        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0).astype(np.float32)
+        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / levels).astype(np.float32)
         consts = {
             "inv_s": inv_s.astype(np.float32),
-            "wq": np.clip(np.round(w / w_scale), -127, 127).astype(np.int8),
+            "wq": np.clip(np.round(w / w_scale), -levels, levels).astype(np.int8),
             "w_scale": w_scale,
         }
         # mid x sum_k of the weights as quantised, not as trained: the two parts of
@@ -204,7 +219,9 @@ def _int8_nodes(p: str, x: str, out: str) -> list[Any]:
     return nodes
 
 
-def _fingerprint(vdir: Path, precision: str, keep_float: Collection[str]) -> str:
+def _fingerprint(
+    vdir: Path, precision: str, keep_float: Collection[str], weight_bits: int = 8
+) -> str:
     """Hash of what a cached graph is made from: weights (and smoothing for int8), plan,
     and the versions of the code that write it."""
     import onnx
@@ -220,6 +237,7 @@ def _fingerprint(vdir: Path, precision: str, keep_float: Collection[str]) -> str
     meta = {
         "precision": precision,
         "keep_float": sorted(keep_float) if precision == "int8" else [],
+        "weight_bits": weight_bits if precision == "int8" else 0,
         "format": FORMAT_VERSION,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
@@ -244,13 +262,14 @@ def cached_onnx(
     smoothing: dict[str, torch.Tensor] | None,
     keep_float: Collection[str],
     cache_dir: Path | None = None,
+    weight_bits: int = 8,
 ) -> Path:
     """The ONNX file of ``model`` (loaded from version dir ``vdir``) in ``precision``
-    (float32 | int8): from the cache if its fingerprint matches, else exported now (a few
-    seconds) and written atomically. A cache that cannot be written falls back to a
-    temporary directory (the graph is then made again by the next process)."""
+    (float32 | int8, ``weight_bits`` for int8): from the cache if its fingerprint matches,
+    else exported now (a few seconds) and written atomically. A cache that cannot be
+    written falls back to a temporary directory (the graph is made again next process)."""
     name = f"model.{precision}.onnx"
-    key = _fingerprint(vdir, precision, keep_float)
+    key = _fingerprint(vdir, precision, keep_float, weight_bits)
     root = cache_dir or default_cache_dir()
     target = root / key / name
     if target.is_file():
@@ -268,7 +287,7 @@ def cached_onnx(
         encoder = getattr(model, "encoder", None)
         if encoder is None:
             raise TypeError("int8 ONNX needs a modserve model (an encoder and a head)")
-        rewrite_int8(float_path, work / name, encoder, smoothing, keep_float)
+        rewrite_int8(float_path, work / name, encoder, smoothing, keep_float, weight_bits)
         float_path.unlink()
     else:
         float_path.rename(work / name)

@@ -99,6 +99,11 @@ class ModelConfig(BaseModel):
         description="the ONNX Runtime int8 graph (backend onnxruntime, dtype int8) passed "
         "the accuracy gate for this model",
     )
+    onnx_int8_weight_bits: Literal[7, 8] = Field(
+        8,
+        description="weight bits of the gated ONNX Runtime int8 graph: 7 is exact on every "
+        "x86 CPU, 8 only on CPUs with VNNI (others saturate; the server skips it there)",
+    )
     onnx_int8_float_layers: list[str] = Field(
         default_factory=list,
         description="encoder Linears kept float32 in the ONNX Runtime int8 graph (qualified "

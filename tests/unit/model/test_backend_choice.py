@@ -17,13 +17,16 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture
-def gated_repo(tiny_repo: Path):
-    """The tiny model with its ONNX int8 gate passed, restored after the test."""
+def gated_repo(tiny_repo: Path, monkeypatch: pytest.MonkeyPatch):
+    """The tiny model with both int8 gates passed (8-bit ONNX weights) on a CPU with VNNI,
+    restored after the test."""
+    monkeypatch.setattr(bc, "exact_u8s8_gemm", lambda: True)
+    monkeypatch.setattr("serving.model.load.exact_u8s8_gemm", lambda: True)
     cfg = load_model_config(tiny_repo / "tiny")
-    cfg.onnx_int8_ok = True
+    cfg.int8_ok = cfg.onnx_int8_ok = True
     save_model_config(cfg, tiny_repo / "tiny")
     yield tiny_repo / "tiny"
-    cfg.onnx_int8_ok = False
+    cfg.int8_ok = cfg.onnx_int8_ok = False
     save_model_config(cfg, tiny_repo / "tiny")
 
 
@@ -47,6 +50,21 @@ def test_candidates_follow_the_gates(tiny_repo: Path, gated_repo: Path) -> None:
 
 def test_ungated_int8_is_not_a_candidate(tiny_repo: Path) -> None:
     assert ("onnxruntime", "int8") not in bc.candidates(tiny_repo / "tiny", _settings())
+    with pytest.raises(ValueError, match="no int8 path that passed its accuracy gate"):
+        bc.candidates(tiny_repo / "tiny", _settings(dtype="int8"))
+
+
+def test_8bit_graph_is_skipped_without_vnni(gated_repo: Path, monkeypatch) -> None:
+    monkeypatch.setattr(bc, "exact_u8s8_gemm", lambda: False)  # an AVX2-only CPU
+    assert ("onnxruntime", "int8") not in bc.candidates(gated_repo, _settings())
+    cfg = load_model_config(gated_repo)
+    cfg.onnx_int8_weight_bits = 7  # exact everywhere
+    save_model_config(cfg, gated_repo)
+    try:
+        assert ("onnxruntime", "int8") in bc.candidates(gated_repo, _settings())
+    finally:
+        cfg.onnx_int8_weight_bits = 8
+        save_model_config(cfg, gated_repo)
 
 
 def _fake_rates(monkeypatch: pytest.MonkeyPatch, rates: dict[tuple[str, str], float]) -> None:

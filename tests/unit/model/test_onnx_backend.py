@@ -100,6 +100,19 @@ def test_int8_rewrite_is_the_documented_arithmetic(tmp_path: Path) -> None:
     assert np.abs(got - exact).max() < 0.05 * np.abs(exact).max()
 
 
+def test_7bit_weights_stay_within_63(tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    toy = _Toy().eval()
+    src, dst = tmp_path / "f.onnx", tmp_path / "q7.onnx"
+    onnx_export.export_float(toy, src)
+    onnx_export.rewrite_int8(src, dst, toy.encoder, None, weight_bits=7)
+    wq = [numpy_helper.to_array(i) for i in onnx.load(str(dst)).graph.initializer
+          if i.name.endswith("/wq")]  # fmt: skip
+    assert len(wq) == 2 and all(np.abs(w).max() == 63 for w in wq)
+
+
 def test_keep_float_layers_stay_matmul(tmp_path: Path) -> None:
     toy = _Toy().eval()
     src = tmp_path / "f.onnx"
@@ -125,7 +138,8 @@ def test_graph_cache_is_keyed_by_what_it_is_made_of(tiny_repo: Path, tmp_path: P
     )  # no temporary directories left behind
 
 
-def test_int8_needs_the_onnx_gate(tiny_repo: Path, tmp_path: Path) -> None:
+def test_int8_needs_the_onnx_gate(tiny_repo: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("serving.model.load.exact_u8s8_gemm", lambda: True)  # a VNNI CPU
     model_dir = tiny_repo / "tiny"
     with pytest.raises(ValueError, match="onnx_int8_ok: false"):
         load_model(model_dir, "cpu", "int8", backend="onnxruntime", onnx_cache_dir=tmp_path)
@@ -136,6 +150,13 @@ def test_int8_needs_the_onnx_gate(tiny_repo: Path, tmp_path: Path) -> None:
         lm = load_model(model_dir, "cpu", "int8", backend="onnxruntime", onnx_cache_dir=tmp_path)
         ids, mask = _batch()
         assert lm.model(ids, mask).shape == (4, len(cfg.labels))
+        monkeypatch.setattr("serving.model.load.exact_u8s8_gemm", lambda: False)  # AVX2
+        with pytest.raises(ValueError, match="saturate"):
+            load_model(model_dir, "cpu", "int8", backend="onnxruntime", onnx_cache_dir=tmp_path)
+        cfg.onnx_int8_weight_bits = 7
+        save_model_config(cfg, model_dir)
+        lm = load_model(model_dir, "cpu", "int8", backend="onnxruntime", onnx_cache_dir=tmp_path)
+        assert lm.model(ids, mask).shape == (4, len(cfg.labels))
     finally:
-        cfg.onnx_int8_ok = False
+        cfg.onnx_int8_ok, cfg.onnx_int8_weight_bits = False, 8
         save_model_config(cfg, model_dir)
