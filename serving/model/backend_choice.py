@@ -123,7 +123,9 @@ def tokens_per_s(loaded: LoadedModel, seconds: float) -> float:
     return n * t * k / (time.perf_counter() - t0)
 
 
-def _load(model_dir: Path, settings: Settings, device: str, backend: str, dtype: str):
+def _load(
+    model_dir: Path, settings: Settings, device: str, backend: str, dtype: str
+) -> LoadedModel:
     return load_model(
         model_dir,
         device,
@@ -132,6 +134,50 @@ def _load(model_dir: Path, settings: Settings, device: str, backend: str, dtype:
         settings.head_kernel,
         backend=backend,
     )
+
+
+def _probe(
+    model_dir: Path,
+    settings: Settings,
+    options: list[tuple[str, str]],
+    wanted: tuple[str, str] | None,
+) -> tuple[dict[tuple[str, str], LoadedModel], dict[tuple[str, str], Probe]]:
+    """Load every option (one that fails is recorded, unless it is ``wanted``) and time them
+    in ``PROBE_ROUNDS`` interleaved rounds, best round kept."""
+    loaded_by: dict[tuple[str, str], LoadedModel] = {}
+    probes = {c: Probe(*c) for c in options}
+    for c in options:
+        try:
+            loaded_by[c] = _load(model_dir, settings, "cpu", *c)
+        except Exception as e:  # one candidate failing must not stop the server
+            if c == wanted:
+                raise
+            probes[c].error = f"{type(e).__name__}: {e}"[:300]
+            log.warning("backend %s/%s unavailable for %s: %s", *c, model_dir.name, e)
+    per_round = settings.backend_probe_s / PROBE_ROUNDS
+    for _ in range(PROBE_ROUNDS):
+        for c, lm in loaded_by.items():
+            measured = tokens_per_s(lm, per_round)
+            probes[c].tokens_per_s = max(probes[c].tokens_per_s or 0.0, measured)
+    if not loaded_by:
+        raise ValueError(f"no backend could load {model_dir.name}: " + "; ".join(
+            f"{p.backend}/{p.dtype}: {p.error}" for p in probes.values()))  # fmt: skip
+    return loaded_by, probes
+
+
+def _versus_reference(wanted: tuple[str, str], probes: dict[tuple[str, str], Probe]) -> str:
+    """The reason for serving an explicit choice; warns loudly if it is slower than torch
+    float32 on this CPU."""
+    ref_rate, rate = probes[REFERENCE].tokens_per_s, probes[wanted].tokens_per_s
+    if not (ref_rate and rate and rate < ref_rate):
+        return "as configured"
+    log.warning(
+        "SLOWER THAN FLOAT32: %s/%s runs at %.2fx the speed of torch float32 on this CPU "
+        "(%.0f vs %.0f tokens/s at %dx%d). Unset MODSERVE_BACKEND/MODSERVE_DTYPE (auto) to "
+        "serve the fastest gated path.",
+        *wanted, rate / ref_rate, rate, ref_rate, *PROBE_SHAPE,
+    )  # fmt: skip
+    return f"as configured; {rate / ref_rate:.2f}x torch float32 here"
 
 
 def choose_and_load(model_dir: Path, settings: Settings, device: str) -> tuple[LoadedModel, Choice]:
@@ -150,43 +196,14 @@ def choose_and_load(model_dir: Path, settings: Settings, device: str) -> tuple[L
         return loaded, Choice(*only, "as configured, not timed", [Probe(*only)])
     if wanted is not None and wanted != REFERENCE:
         options = [REFERENCE, wanted]  # timed against float32 torch, to warn if slower
-    per_round = settings.backend_probe_s / PROBE_ROUNDS
-    loaded_by: dict[tuple[str, str], LoadedModel] = {}
-    probes = {c: Probe(*c) for c in options}
-    for c in options:
-        try:
-            loaded_by[c] = _load(model_dir, settings, device, *c)
-        except Exception as e:  # one candidate failing must not stop the server
-            if c == wanted:
-                raise
-            probes[c].error = f"{type(e).__name__}: {e}"[:300]
-            log.warning("backend %s/%s unavailable for %s: %s", *c, model_dir.name, e)
-    for _ in range(PROBE_ROUNDS):
-        for c, lm in loaded_by.items():
-            measured = tokens_per_s(lm, per_round)
-            probes[c].tokens_per_s = max(probes[c].tokens_per_s or 0.0, measured)
-    timed = [c for c in loaded_by if probes[c].tokens_per_s]
-    if not timed:
-        raise ValueError(f"no backend could load {model_dir.name}: " + "; ".join(
-            f"{p.backend}/{p.dtype}: {p.error}" for p in probes.values()))  # fmt: skip
-    pick: tuple[str, str]
+    loaded_by, probes = _probe(model_dir, settings, options, wanted)
     if wanted is not None:
-        pick, reason = wanted, "as configured"
-        ref_rate: float | None = probes[REFERENCE].tokens_per_s
-        rate: float | None = probes[wanted].tokens_per_s
-        if ref_rate and rate and rate < ref_rate:
-            log.warning(
-                "SLOWER THAN FLOAT32: %s/%s runs at %.2fx the speed of torch float32 on this "
-                "CPU (%.0f vs %.0f tokens/s at %dx%d). Unset MODSERVE_BACKEND/MODSERVE_DTYPE "
-                "(auto) to serve the fastest gated path.",
-                *wanted, rate / ref_rate, rate, ref_rate, *PROBE_SHAPE,
-            )  # fmt: skip
-            reason = f"as configured; {rate / ref_rate:.2f}x torch float32 here"
+        pick, reason = wanted, _versus_reference(wanted, probes)
     else:
-        pick, reason = max(timed, key=lambda c: probes[c].tokens_per_s or 0.0), "fastest here"
-    for c in list(loaded_by):
-        if c != pick:
-            del loaded_by[c]
+        pick = max(loaded_by, key=lambda c: probes[c].tokens_per_s or 0.0)
+        reason = "fastest here"
+    model = loaded_by.pop(pick)
+    loaded_by.clear()
     gc.collect()
     table = "; ".join(
         f"{p.backend}/{p.dtype} "
@@ -196,4 +213,4 @@ def choose_and_load(model_dir: Path, settings: Settings, device: str) -> tuple[L
     log.info("%s: serving %s/%s (%s). Measured at %dx%d: %s",
              model_dir.name, *pick, reason, *PROBE_SHAPE, table)  # fmt: skip
     ordered = [probes[pick]] + [p for c, p in probes.items() if c != pick]
-    return loaded_by[pick], Choice(*pick, reason, ordered)
+    return model, Choice(*pick, reason, ordered)
