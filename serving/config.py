@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         "rounds at 32x64 tokens). More = a surer pick on a noisy machine, slower start; 0 = "
         "no timing (auto = torch float32).",
     )
+    onnx_cache_dir: Path | None = Field(
+        None,
+        description="Where ONNX Runtime graphs are cached, keyed by a hash of the weights, "
+        "smoothing, float layers and exporter versions; unset = $XDG_CACHE_HOME/modserve/onnx "
+        "(~/.cache). Unwritable: a temporary directory, rebuilt per process.",
+    )
     int8_compile: bool = Field(
         True,
         description="CPU int8 only: compile the W8A8 encoder with torch.compile (about 2x "

@@ -247,10 +247,12 @@ def _fingerprint(
 
 
 def default_cache_dir() -> Path:
-    """``$MODSERVE_ONNX_CACHE_DIR``, else ``$XDG_CACHE_HOME/modserve/onnx`` (~/.cache)."""
-    env = os.environ.get("MODSERVE_ONNX_CACHE_DIR")
-    if env:
-        return Path(env)
+    """``MODSERVE_ONNX_CACHE_DIR``, else ``$XDG_CACHE_HOME/modserve/onnx`` (~/.cache)."""
+    from serving.config import Settings
+
+    configured = Settings().onnx_cache_dir
+    if configured is not None:
+        return configured
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "modserve" / "onnx"
 
