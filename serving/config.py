@@ -309,3 +309,10 @@ class RayServeSettings(BaseSettings):
     upscale_delay_s: float = Field(10.0, ge=0, description="Sustained load before scaling out.")
     downscale_delay_s: float = Field(300.0, ge=0, description="Idle time before scaling in.")
     ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas.")
+    ingress_resource: str = Field(
+        "",
+        description="Custom Ray resource the ingress replicas require (0.01 each), so they run "
+        "only on nodes that advertise it. The gRPC server runs beside each ingress replica: "
+        "the Helm chart gives the resource to the head pod only, so gRPC listens there and "
+        "its Service targets that pod. Empty = any node.",
+    )

@@ -219,10 +219,17 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
             health_check_timeout_s=30,
         )(ClassifierReplica)
         classifiers[name.replace("-", "_")] = deployment.bind(name, plain)
+    # Pinned to the nodes with the ingress resource (the chart's head, whose num-cpus is 0 so
+    # that no classifier replica lands there): no CPU reserved, the resource places it.
+    placement = (
+        {"num_cpus": 0, "resources": {ray_cfg.ingress_resource: 0.01}}
+        if ray_cfg.ingress_resource
+        else {"num_cpus": 0.1}
+    )
     ingress = serve.deployment(
         name="ingress",
         num_replicas=ray_cfg.ingress_replicas,
         max_ongoing_requests=ray_cfg.max_ongoing_requests * 4,
-        ray_actor_options={"num_cpus": 0.1},
+        ray_actor_options=placement,
     )(serve.ingress(_ingress_builder(plain))(Ingress))
     return ingress.bind(**classifiers)

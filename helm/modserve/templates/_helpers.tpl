@@ -10,6 +10,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{/* Custom Ray resource only the head advertises; ingress replicas (and gRPC) need it. */}}
+{{- define "modserve.ingressResource" -}}
+modserve_ingress
+{{- end -}}
+
 {{- define "modserve.selector" -}}
 app.kubernetes.io/name: modserve
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -38,6 +43,7 @@ applications:
       max_queue_tokens: {{ .Values.serve.maxQueueTokens }}
       request_timeout_s: {{ .Values.serve.requestTimeoutS }}
       dtype: {{ .Values.serve.dtype | quote }}
+      backend: {{ .Values.serve.backend | quote }}
       grpc_port: {{ .Values.serve.grpcPort }}
       ray:
         num_gpus_per_replica: {{ .Values.scaling.numGpusPerReplica }}
@@ -50,6 +56,9 @@ applications:
         upscale_delay_s: {{ .Values.scaling.upscaleDelayS }}
         downscale_delay_s: {{ .Values.scaling.downscaleDelayS }}
         ingress_replicas: {{ .Values.scaling.ingressReplicas }}
+        {{- if .Values.serve.ingressOnHead }}
+        ingress_resource: {{ include "modserve.ingressResource" . }}
+        {{- end }}
 {{- end -}}
 
 {{- define "modserve.env" -}}

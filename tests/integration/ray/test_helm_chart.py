@@ -7,6 +7,7 @@ Serve config must parse with Ray's own ServeDeploySchema.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,11 @@ def render(values_file: Path | None) -> list[dict[str, Any]]:
     for text in out.values():
         docs += [d for d in yaml.safe_load_all(text) if d]
     return docs
+
+
+def render_values(values: dict[str, Any]) -> list[dict[str, Any]]:
+    out = helm.Chart.load(str(CHART)).render(values, name="modserve", namespace="moderation")
+    return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
 
 
 @pytest.fixture(scope="module", params=list(VALUE_SETS))
@@ -222,3 +228,31 @@ def test_replica_metrics_are_scraped_from_every_pods_ray_agent():
         assert group["rayStartParams"]["metrics-export-port"] == "8080"
         ports = group["template"]["spec"]["containers"][0]["ports"]
         assert {"containerPort": 8080, "name": "metrics"} in ports
+
+
+def test_grpc_service_targets_only_the_pod_where_grpc_listens():
+    """gRPC runs beside the ingress replicas; with serve.ingressOnHead (the default) they need
+    a resource only the head advertises, and the gRPC Service selects the head pod only."""
+    docs = render(None)
+    (rs,) = by_kind(docs, "RayService")
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]
+    ray_args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["ray"]
+    resource = ray_args["ingress_resource"]
+    # KubeRay's form: a JSON string of a JSON object, as `ray start --resources` takes it
+    assert json.loads(json.loads(head["rayStartParams"]["resources"])) == {resource: 1000}
+    assert head["template"]["metadata"]["labels"]["modserve.io/grpc"] == "true"
+    for group in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs", []):
+        assert "modserve.io/grpc" not in group["template"]["metadata"]["labels"]
+        assert "resources" not in group["rayStartParams"]
+    services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    grpc = services["modserve-grpc"]["spec"]
+    assert grpc["selector"]["modserve.io/grpc"] == "true"
+    assert [p["name"] for p in grpc["ports"]] == ["grpc"]
+    assert [p["name"] for p in services["modserve"]["spec"]["ports"]] == ["http"]
+
+    off = render_values({"serve": {"ingressOnHead": False}})
+    (rs,) = by_kind(off, "RayService")
+    assert "ingress_resource" not in yaml.safe_load(rs["spec"]["serveConfigV2"])[
+        "applications"][0]["args"]["ray"]  # fmt: skip
+    assert "resources" not in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
+    assert [s["metadata"]["name"] for s in by_kind(off, "Service")] == ["modserve"]

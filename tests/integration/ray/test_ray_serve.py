@@ -45,7 +45,14 @@ def ray_base(tiny_repo: Path) -> Iterator[str]:
     from serving.deployments import build_app
 
     port, grpc_port = free_port(), free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The node advertises the ingress resource, as the chart's head does: the ingress (and
+    # with it gRPC) must be placed by it, with no CPU of its own.
+    ray.init(
+        num_cpus=2,
+        resources={"modserve_ingress": 1000},
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
         build_app(
@@ -54,7 +61,12 @@ def ray_base(tiny_repo: Path) -> Iterator[str]:
                 "model": "tiny",
                 "grpc_port": grpc_port,
                 # two classifier replicas: a crash of one must cost (almost) no request
-                "ray": {"num_cpus_per_replica": 0.5, "min_replicas": 2, "max_replicas": 2},
+                "ray": {
+                    "num_cpus_per_replica": 0.5,
+                    "min_replicas": 2,
+                    "max_replicas": 2,
+                    "ingress_resource": "modserve_ingress",
+                },
             }
         ),
         name="modserve",
