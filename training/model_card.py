@@ -262,6 +262,11 @@ def _onnx_int8_section(gate: dict | None) -> str:
         return f"ONNX Runtime int8: not gated ({'; '.join(gate.get('failures', []))})."
     kept = gate.get("float_layers") or []
     where = f"{len(kept)} Linears kept float32" if kept else "every encoder Linear int8"
+    bits = gate.get("weight_bits", 8)
+    where += f", {bits}-bit weights" + (
+        " (exact only on CPUs with VNNI: elsewhere the server does not offer it; the 7-bit "
+        "graph, exact everywhere, did not pass)" if bits == 8 and gate.get("int8_ok") else ""
+    )
     return (
         "ONNX Runtime int8 (`serving.model.onnx_export`: the same smoothing and per-channel "
         "weights, one min..max scale per token as uint8 around a level-aligned midpoint; "
