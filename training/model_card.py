@@ -265,7 +265,9 @@ def _onnx_int8_section(gate: dict | None) -> str:
     bits = gate.get("weight_bits", 8)
     where += f", {bits}-bit weights" + (
         " (exact only on CPUs with VNNI: elsewhere the server does not offer it; the 7-bit "
-        "graph, exact everywhere, did not pass)" if bits == 8 and gate.get("int8_ok") else ""
+        "graph, exact everywhere, did not pass)"
+        if bits == 8 and gate.get("int8_ok")
+        else ""
     )
     return (
         "ONNX Runtime int8 (`serving.model.onnx_export`: the same smoothing and per-channel "
