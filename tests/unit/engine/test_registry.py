@@ -23,13 +23,13 @@ async def test_not_ready_until_the_last_model_is_loaded(
         Metrics(),
     )
     ready_when_loading: dict[str, bool] = {}
-    real_load = registry_module.load_model
+    real_load = registry_module.choose_and_load
 
     def load_and_look(path: Path, *args: object) -> object:
         ready_when_loading[path.name] = reg.ready
-        return real_load(path, *args)
+        return real_load(path, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(registry_module, "load_model", load_and_look)
+    monkeypatch.setattr(registry_module, "choose_and_load", load_and_look)
     await reg.start()
     try:
         assert ready_when_loading == {"m1": False, "m2": False}  # m1 up, m2 not yet: not ready
