@@ -20,6 +20,7 @@ import yaml
 
 from serving.categories import WIRE_NAMES
 from serving.model.load import LoadedModel, build_model, load_model, save_weights
+from serving.model.onnx_runtime import exact_u8s8_gemm
 from serving.model.repo_config import CONFIG_FILE, ModelConfig, load_model_config, save_model_config
 
 TOKENIZER_FILES = (
@@ -67,16 +68,19 @@ def _repo_from_encoder(encoder_dir: Path, max_length_tokens: int) -> Path:
 
 def _int8_allowed(model_dir: Path) -> Path:
     """Same weights (symlinked version folder) with both int8 gates marked passed, for
-    measuring int8 speed."""
+    measuring int8 speed; on a CPU without VNNI the ONNX graph gets 7-bit weights (the same
+    speed, and exact there: ``serving.model.onnx_export.SATURATION``)."""
     cfg = load_model_config(model_dir)
-    if cfg.int8_ok and cfg.onnx_int8_ok:
+    bits = 8 if exact_u8s8_gemm() else 7
+    if cfg.int8_ok and cfg.onnx_int8_ok and (cfg.onnx_int8_weight_bits == 7 or bits == 8):
         return model_dir
-    alias = _tmp() / f"{cfg.name}-int8"
+    alias = _tmp() / f"{cfg.name}-int8-w{bits}"
     if not alias.is_dir():
         alias.mkdir(parents=True)
         (alias / cfg.version).symlink_to(cfg.version_dir(model_dir).resolve())
         raw = yaml.safe_load((model_dir / CONFIG_FILE).read_text())
         raw["int8_ok"] = raw["onnx_int8_ok"] = True
+        raw["onnx_int8_weight_bits"] = min(bits, int(raw.get("onnx_int8_weight_bits", 8)))
         (alias / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     return alias
 

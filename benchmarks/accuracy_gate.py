@@ -1,7 +1,8 @@
 """Accuracy gate: does a faster precision score like float32 on a fixed evaluation file?
 
     python -m benchmarks.accuracy_gate --model-dir model_repo/NAME --data eval.jsonl.gz \\
-        [--precisions float32,int8] [--device cpu] [--max-rows 3000] [--out results.json]
+        [--precisions float32,int8] [--backends torch,onnxruntime] [--device cpu] \\
+        [--max-rows 3000] [--out results.json]
 
 Every precision scores the same rows with the model's trained heads (chunked, max over
 chunks: ``training.evaluate.score_heads``); float32 is the reference. The rule is
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-dir", type=Path, required=True)
     ap.add_argument("--data", nargs="+", required=True, help="JSONL(.gz) files or folders")
     ap.add_argument("--precisions", default="float32,int8")
+    ap.add_argument(
+        "--backends",
+        default="torch",
+        help="comma separated: torch, onnxruntime (CPU); every backend x precision is gated "
+        "against torch float32 (report keys: 'int8' for torch, 'onnxruntime/int8' ...)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-auprc-drop", type=float, default=LIMITS["int8"].max_auprc_drop)
     ap.add_argument("--score-tol", action="append", default=[], metavar="PRECISION=TOL")
@@ -85,18 +92,23 @@ def main(argv: list[str] | None = None) -> int:
         "precisions": {},
     }
     ok = True
-    for p in args.precisions.split(","):
-        loaded = ref_model if p == "float32" else load_for_bench(args.model_dir, args.device, p)
+    paths = [(b, p) for b in args.backends.split(",") for p in args.precisions.split(",")]
+    for backend, p in paths:
+        name = p if backend == "torch" else f"{backend}/{p}"
+        if (backend, p) == ("torch", "float32"):
+            loaded = ref_model
+        else:
+            loaded = load_for_bench(args.model_dir, args.device, p, backend=backend)
         scores = score_heads(loaded.model, loaded.tokenizer, cfg, texts, bs)
         limits = limits_for(
             p, max_auprc_drop=args.max_auprc_drop, max_p999_score_move=tols.get(p, 0.05)
         )
         res = compare(y, m, ref, scores, names, [cfg.threshold(w) for w in names], limits)
-        report["precisions"][p] = res
+        report["precisions"][name] = res
         ok &= res["passed"]
         worst = max((c["auprc_drop"] for c in res["categories"].values()
                      if not math.isnan(c["auprc_drop"])), default=0.0)  # fmt: skip
-        print(f"{p:>9}: {'PASS' if res['passed'] else 'FAIL'}  flags agree "
+        print(f"{name:>9}: {'PASS' if res['passed'] else 'FAIL'}  flags agree "
               f"{res['row_flag_agreement']:.2%} of rows  p99.9|Δscore| "
               f"{res['p999_abs_score_diff']:.4f} (max {limits.max_p999_score_move})  "
               f"max|Δscore| {res['max_abs_score_diff']:.4f}  worst AUPRC drop "

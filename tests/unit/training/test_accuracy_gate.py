@@ -110,3 +110,20 @@ def test_gate_command_on_a_model_dir(tiny_repo: Path, tmp_path: Path) -> None:
     # the same run with a score tolerance below what int8 moved fails with exit code 1
     assert main([*args, "--precisions", "int8", "--score-tol", f"int8={moved / 2}"]) == 1
     assert json.loads(out.read_text())["passed"] is False
+
+
+def test_gate_command_covers_every_backend(tiny_repo: Path, tmp_path: Path) -> None:
+    rows = [
+        {"text": "I will hurt you badly", "labels": {"violence": 1, "hate": 0}},
+        {"text": "see you at lunch", "labels": {"hate": 0, "violence": 0}},
+    ] * 5
+    data = tmp_path / "eval.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "gate.json"
+    args = ["--model-dir", str(tiny_repo / "tiny"), "--data", str(data), "--out", str(out)]
+    argv = [*args, "--backends", "torch,onnxruntime", "--score-tol", "int8=1.0"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())["precisions"]
+    assert set(report) == {"float32", "int8", "onnxruntime/float32", "onnxruntime/int8"}
+    assert report["onnxruntime/float32"]["max_abs_score_diff"] < 1e-5  # same function
+    assert report["onnxruntime/int8"]["max_abs_score_diff"] > 0.0  # really quantised
