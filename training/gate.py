@@ -9,7 +9,8 @@ what users notice, never one outlier row. A precision FAILS if
   than ``min_pair_agreement`` (99.8 %) of (row, category) pairs get the float32 flag
   (flag = score >= the category's threshold);
 * the 99.9th percentile of |score move| over every (row, category) pair exceeds
-  ``max_p999_score_move`` for that precision: int8 0.05, float16 0.01, bfloat16 0.03.
+  ``max_p999_score_move`` for that precision: int8 0.05, float16 0.01, bfloat16 0.03,
+  float32 1e-5 (another backend's float32, e.g. ONNX Runtime's).
 
 The largest single move is still reported (``max_abs_score_diff``), not gated: int8 carries
 about two significant digits, and on the default model one row in 48,000 moved by 0.18
@@ -37,7 +38,9 @@ class GateLimits:
 
 
 LIMITS: dict[str, GateLimits] = {
-    "float32": GateLimits(max_p999_score_move=1e-6),
+    # float32 on another backend reorders sums: ONNX Runtime moved the default model's
+    # scores by p99.9 1.6e-6 (max 3.2e-6) on 1,998 rows; 1e-5 still flags a wrong graph.
+    "float32": GateLimits(max_p999_score_move=1e-5),
     "int8": GateLimits(max_p999_score_move=0.05),
     "float16": GateLimits(max_p999_score_move=0.01),
     "bfloat16": GateLimits(max_p999_score_move=0.03),
