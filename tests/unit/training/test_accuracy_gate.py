@@ -89,17 +89,24 @@ def test_score_move_tail_fails_when_many_rows_move() -> None:
     assert not res["passed"] and any("99.9th percentile" in f for f in res["failures"])
 
 
-def test_gate_command_on_a_model_dir(tiny_repo: Path, tmp_path: Path) -> None:
-    rows = [
-        {"text": "I will hurt you badly", "labels": {"violence": 1, "hate": 0}},
-        {"text": "what a lovely sunny day", "labels": {"violence": 0, "hate": 0}},
-        {"text": "those people are vermin", "labels": {"hate": 1}},
-        {"text": "see you at lunch", "labels": {"hate": 0, "violence": 0}},
-    ] * 5
+EVAL_ROWS = [
+    {"text": "I will hurt you badly", "labels": {"violence": 1, "hate": 0}},
+    {"text": "what a lovely sunny day", "labels": {"violence": 0, "hate": 0}},
+    {"text": "those people are vermin", "labels": {"hate": 1}},
+    {"text": "see you at lunch", "labels": {"hate": 0, "violence": 0}},
+] * 5
+
+
+def _gate_args(tiny_repo: Path, tmp_path: Path) -> tuple[list[str], Path]:
+    """(argv for the gate command on a 20-row eval file, its JSON report path)."""
     data = tmp_path / "eval.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows))
+    data.write_text("\n".join(json.dumps(r) for r in EVAL_ROWS))
     out = tmp_path / "gate.json"
-    args = ["--model-dir", str(tiny_repo / "tiny"), "--data", str(data), "--out", str(out)]
+    return ["--model-dir", str(tiny_repo / "tiny"), "--data", str(data), "--out", str(out)], out
+
+
+def test_gate_command_on_a_model_dir(tiny_repo: Path, tmp_path: Path) -> None:
+    args, out = _gate_args(tiny_repo, tmp_path)
     assert main([*args, "--precisions", "float32,int8", "--score-tol", "int8=1.0"]) == 0
     report = json.loads(out.read_text())
     assert report["passed"] and report["rows"] == 20
@@ -113,14 +120,7 @@ def test_gate_command_on_a_model_dir(tiny_repo: Path, tmp_path: Path) -> None:
 
 
 def test_gate_command_covers_every_backend(tiny_repo: Path, tmp_path: Path) -> None:
-    rows = [
-        {"text": "I will hurt you badly", "labels": {"violence": 1, "hate": 0}},
-        {"text": "see you at lunch", "labels": {"hate": 0, "violence": 0}},
-    ] * 5
-    data = tmp_path / "eval.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows))
-    out = tmp_path / "gate.json"
-    args = ["--model-dir", str(tiny_repo / "tiny"), "--data", str(data), "--out", str(out)]
+    args, out = _gate_args(tiny_repo, tmp_path)
     argv = [*args, "--backends", "torch,onnxruntime", "--score-tol", "int8=1.0"]
     assert main(argv) == 0
     report = json.loads(out.read_text())["precisions"]
