@@ -100,16 +100,24 @@ def test_int8_rewrite_is_the_documented_arithmetic(tmp_path: Path) -> None:
     assert np.abs(got - exact).max() < 0.05 * np.abs(exact).max()
 
 
-def test_7bit_weights_stay_within_63(tmp_path: Path) -> None:
+def _int8_weights(path: Path) -> list[np.ndarray]:
     import onnx
     from onnx import numpy_helper
 
+    return [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+            if i.name.endswith("/wq")]  # fmt: skip
+
+
+def _max_int8_weight(path: Path) -> int:
+    return max(int(np.abs(w).max()) for w in _int8_weights(path))
+
+
+def test_7bit_weights_stay_within_63(tmp_path: Path) -> None:
     toy = _Toy().eval()
     src, dst = tmp_path / "f.onnx", tmp_path / "q7.onnx"
     onnx_export.export_float(toy, src)
     onnx_export.rewrite_int8(src, dst, toy.encoder, None, weight_bits=7)
-    wq = [numpy_helper.to_array(i) for i in onnx.load(str(dst)).graph.initializer
-          if i.name.endswith("/wq")]  # fmt: skip
+    wq = _int8_weights(dst)
     assert len(wq) == 2 and all(np.abs(w).max() == 63 for w in wq)
 
 
@@ -157,6 +165,7 @@ def test_int8_needs_the_onnx_gate(tiny_repo: Path, tmp_path: Path, monkeypatch) 
         save_model_config(cfg, model_dir)
         lm = load_model(model_dir, "cpu", "int8", backend="onnxruntime", onnx_cache_dir=tmp_path)
         assert lm.model(ids, mask).shape == (4, len(cfg.labels))
+        assert _max_int8_weight(lm.model.path) == 63  # the 7-bit graph the gate passed
     finally:
         cfg.onnx_int8_ok, cfg.onnx_int8_weight_bits = False, 8
         save_model_config(cfg, model_dir)
