@@ -312,7 +312,7 @@ def onnx_int8_gate(
     attempts: list[dict] = []
 
     def attempt(keep: list[str], bits: int, tmp: str) -> dict:
-        path = cached_onnx(loaded.model, vdir, "int8", smoothing, keep, Path(tmp), bits)
+        path = cached_onnx(lambda: loaded.model, vdir, "int8", smoothing, keep, Path(tmp), bits)
         session = OnnxRuntimeModel(path, torch.get_num_threads())
         log.info("scoring %d validation rows (ONNX Runtime int8, %d-bit weights, %d Linears "
                  "float32)", len(texts), bits, len(keep))  # fmt: skip

@@ -257,11 +257,12 @@ def _load_onnx(
     from serving.model.onnx_export import cached_onnx
     from serving.model.onnx_runtime import OnnxRuntimeModel
 
-    reference = load_model(model_dir, "cpu", "float32", head_kernel="torch").model
+    def reference() -> nn.Module:  # built only when the graph is not cached
+        return load_model(model_dir, "cpu", "float32", head_kernel="torch").model
+
     smoothing = load_smoothing(vdir) if dtype == "int8" else None
     keep, bits = cfg.onnx_int8_float_layers, cfg.onnx_int8_weight_bits
     path = cached_onnx(reference, vdir, dtype, smoothing, keep, cache_dir, bits)
-    del reference
     ort_model = OnnxRuntimeModel(path, torch.get_num_threads())
     return _loaded(cfg, ort_model, vdir, torch.device("cpu"), dtype, "onnxruntime")
 

@@ -51,7 +51,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +226,11 @@ def _fingerprint(
     and the versions of the code that write it."""
     import onnx
 
+    from serving.model.load import WEIGHTS_FILE
+    from serving.model.quantize import SMOOTHING_FILE
+
     h = hashlib.sha256()
-    files = ["model.safetensors"] + (["int8_smoothing.safetensors"] if precision == "int8" else [])
+    files = [WEIGHTS_FILE] + ([SMOOTHING_FILE] if precision == "int8" else [])
     for f in files:
         p = vdir / f
         if p.is_file():
@@ -258,7 +261,7 @@ def default_cache_dir() -> Path:
 
 
 def cached_onnx(
-    model: nn.Module,
+    build_model: Callable[[], nn.Module],
     vdir: Path,
     precision: str,
     smoothing: dict[str, torch.Tensor] | None,
@@ -266,10 +269,11 @@ def cached_onnx(
     cache_dir: Path | None = None,
     weight_bits: int = 8,
 ) -> Path:
-    """The ONNX file of ``model`` (loaded from version dir ``vdir``) in ``precision``
-    (float32 | int8, ``weight_bits`` for int8): from the cache if its fingerprint matches,
-    else exported now (a few seconds) and written atomically. A cache that cannot be
-    written falls back to a temporary directory (the graph is made again next process)."""
+    """The ONNX file of the model in version dir ``vdir`` in ``precision`` (float32 | int8,
+    ``weight_bits`` for int8): from the cache if its fingerprint matches, else exported now
+    from ``build_model()`` (the float32 torch model; called only on a miss, so a cached start
+    never builds it) and written atomically. A cache that cannot be written falls back to a
+    temporary directory (the graph is made again next process)."""
     name = f"model.{precision}.onnx"
     key = _fingerprint(vdir, precision, keep_float, weight_bits)
     root = cache_dir or default_cache_dir()
@@ -284,6 +288,7 @@ def cached_onnx(
         work = Path(tempfile.mkdtemp(prefix="modserve-onnx-"))
         target = work / name
     float_path = work / "float.onnx"
+    model = build_model()
     export_float(model, float_path)
     if precision == "int8":
         encoder = getattr(model, "encoder", None)

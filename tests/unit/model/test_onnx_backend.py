@@ -133,13 +133,20 @@ def test_keep_float_layers_stay_matmul(tmp_path: Path) -> None:
 def test_graph_cache_is_keyed_by_what_it_is_made_of(tiny_repo: Path, tmp_path: Path) -> None:
     lm = load_model(tiny_repo / "tiny", "cpu", "float32", head_kernel="torch")
     vdir = lm.cfg.version_dir(tiny_repo / "tiny")
-    first = onnx_export.cached_onnx(lm.model, vdir, "int8", None, [], tmp_path)
+    builds: list[int] = []
+
+    def build() -> torch.nn.Module:
+        builds.append(1)
+        return lm.model
+
+    first = onnx_export.cached_onnx(build, vdir, "int8", None, [], tmp_path)
     stamp = first.stat().st_mtime_ns
-    again = onnx_export.cached_onnx(lm.model, vdir, "int8", None, [], tmp_path)
+    again = onnx_export.cached_onnx(build, vdir, "int8", None, [], tmp_path)
     assert again == first and again.stat().st_mtime_ns == stamp  # reused, not rebuilt
-    other = onnx_export.cached_onnx(lm.model, vdir, "int8", None, ["encoder.layer.0.output.dense"],
+    assert len(builds) == 1  # a cache hit never builds the torch model
+    other = onnx_export.cached_onnx(build, vdir, "int8", None, ["encoder.layer.0.output.dense"],
                                     tmp_path)  # fmt: skip
-    fp32 = onnx_export.cached_onnx(lm.model, vdir, "float32", None, [], tmp_path)
+    fp32 = onnx_export.cached_onnx(build, vdir, "float32", None, [], tmp_path)
     assert len({first.parent, other.parent, fp32.parent}) == 3
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(
         {first.parent.name, other.parent.name, fp32.parent.name}
