@@ -65,6 +65,12 @@ log = logging.getLogger("training.export")
 SMOOTHING_TEXTS = 512  # training texts the int8 smoothing factors are measured on
 
 
+def smoothing_texts(train: list[D.Example]) -> list[str]:
+    """The training texts int8 calibration runs on (smoothing factors, sensitivity order):
+    ``SMOOTHING_TEXTS`` of them, sampled with seed 0, the same on every call."""
+    return [e.text for e in random.Random(0).sample(train, min(SMOOTHING_TEXTS, len(train)))]
+
+
 def write_model_dir(
     model: ModerationModel,
     tokenizer_dir: Path,
@@ -180,7 +186,7 @@ def ship(
     loaded = dataclasses.replace(loaded, cfg=cfg)  # flags below (dilution) at these thresholds
     rep32 = report(cfg, y, m, s32)
 
-    calib = [e.text for e in random.Random(0).sample(train, min(SMOOTHING_TEXTS, len(train)))]
+    calib = smoothing_texts(train)
     log.info("int8 smoothing factors from %d training texts", len(calib))
     encoder = loaded.moderation_model.encoder
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 from pathlib import Path
 
 from serving.model.load import load_model
@@ -26,7 +25,7 @@ from serving.model.quantize import int8_sensitivity, load_smoothing
 from serving.model.repo_config import save_model_config
 from training import data as D
 from training.evaluate import report, score_heads, served_scores
-from training.export import SMOOTHING_TEXTS, onnx_int8_gate
+from training.export import onnx_int8_gate, smoothing_texts
 from training.gate import limits_for
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     texts, y, m = D.stack(val)
     log.info("scoring %d validation rows (torch float32)", len(texts))
     s32 = served_scores(score_heads(loaded.model, loaded.tokenizer, cfg, texts), texts, cfg)
-    calib = [e.text for e in random.Random(0).sample(train, min(SMOOTHING_TEXTS, len(train)))]
+    calib = smoothing_texts(train)
     ranked = [
         name
         for name, _ in int8_sensitivity(

@@ -98,7 +98,7 @@ def export_onnx(model_dir: Path, out: Path) -> None:
     import torch as t
 
     from serving.model.load import load_model
-    from serving.model.onnx_export import OPSET
+    from serving.model.onnx_export import export_float
 
     class Logits(t.nn.Module):
         def __init__(self) -> None:
@@ -111,15 +111,7 @@ def export_onnx(model_dir: Path, out: Path) -> None:
             n = self.model.cfg.max_length_tokens
             return self.model.logits(input_ids[:, :n], attention_mask[:, :n])
 
-    ids = t.randint(1000, 2000, (2, 16))
-    axes = {0: "batch", 1: "tokens"}
-    with t.inference_mode():
-        t.onnx.export(
-            Logits().eval(), (ids, t.ones_like(ids)), str(out / ONNX_FILE),
-            input_names=["input_ids", "attention_mask"], output_names=["logits"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
-            opset_version=OPSET, dynamo=False,
-        )  # fmt: skip
+    export_float(Logits().eval(), out / ONNX_FILE, output="logits")
 
 
 def export_model(model_dir: Path, engine: str = "torch") -> tuple[Path, float]:

@@ -68,6 +68,11 @@ class Choice:
         }
 
 
+def _explicit(settings: Settings) -> bool:
+    """Both backend and dtype named: serve that, timed only to warn if slower."""
+    return settings.backend != "auto" and settings.dtype != "auto"
+
+
 def candidates(model_dir: Path, settings: Settings) -> list[tuple[str, str]]:
     """(backend, dtype) pairs this model may be served as on CPU, the reference first."""
     cfg = load_model_config(model_dir)
@@ -77,7 +82,7 @@ def candidates(model_dir: Path, settings: Settings) -> list[tuple[str, str]]:
             raise ValueError("MODSERVE_BACKEND=onnxruntime but onnxruntime is not installed")
         backends.remove("onnxruntime")
     dtypes = ["float32", "int8"] if settings.dtype == "auto" else [settings.dtype]
-    explicit = settings.backend != "auto" and settings.dtype != "auto"
+    explicit = _explicit(settings)
     out = []
     for b in backends:
         for d in dtypes:
@@ -188,8 +193,7 @@ def choose_and_load(model_dir: Path, settings: Settings, device: str) -> tuple[L
         loaded = _load(model_dir, settings, device, "torch", settings.dtype)
         return loaded, Choice("torch", loaded.dtype, f"{device}: torch")
     options = candidates(model_dir, settings)
-    explicit = settings.backend != "auto" and settings.dtype != "auto"
-    wanted = options[0] if explicit or len(options) == 1 else None
+    wanted = options[0] if _explicit(settings) or len(options) == 1 else None
     if settings.backend_probe_s <= 0 or (wanted == REFERENCE and len(options) == 1):
         only = wanted or options[0]  # the reference when it is a candidate
         loaded = _load(model_dir, settings, device, *only)

@@ -68,8 +68,9 @@ FORMAT_VERSION = 5  # bump when the graph this module writes changes
 SATURATION = "uint8 x int8 pairs saturate int16 (VPMADDUBSW) on x86 without VNNI"
 
 
-def export_float(model: nn.Module, path: Path) -> None:
-    """``model`` ((B, T) ids, mask -> (B, L) scores; torch head) as an ONNX file at ``path``."""
+def export_float(model: nn.Module, path: Path, output: str = OUTPUT) -> None:
+    """``model`` ((B, T) ids, mask -> (B, L) float32; modserve's: scores) as an ONNX file at
+    ``path``, its output named ``output``, dynamic batch and length."""
     ids = torch.randint(1000, 2000, (2, 16))
     mask = torch.ones_like(ids)
     with torch.inference_mode(), warnings.catch_warnings():
@@ -81,11 +82,11 @@ def export_float(model: nn.Module, path: Path) -> None:
             (ids, mask),
             str(path),
             input_names=list(INPUTS),
-            output_names=[OUTPUT],
+            output_names=[output],
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "tokens"},
                 "attention_mask": {0: "batch", 1: "tokens"},
-                OUTPUT: {0: "batch"},
+                output: {0: "batch"},
             },
             opset_version=OPSET,
             dynamo=False,
