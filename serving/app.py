@@ -34,6 +34,7 @@ from serving.config import Settings
 from serving.engine.metrics import Metrics
 from serving.engine.registry import ModelRegistry
 from serving.engine.types import Registry
+from serving.gateway.access import close_all as close_gatekeepers
 from serving.rpc.server import grpc_serving
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,11 @@ async def models_and_grpc(
     registry: Registry, on_failure: Callable[[], None] | None = None
 ) -> AsyncIterator[None]:
     """Everything but HTTP: the models loading, and the gRPC server beside them."""
-    async with models_loading(registry, on_failure), grpc_serving(registry.settings, registry):
-        yield
+    try:
+        async with models_loading(registry, on_failure), grpc_serving(registry.settings, registry):
+            yield
+    finally:
+        close_gatekeepers()  # the audit log writes what it still holds
 
 
 def ray_ingress_lifespan(registry: Registry) -> Lifespan:

@@ -6,6 +6,7 @@ it trades off, so it can be tuned without reading the code.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,6 +24,11 @@ OPENAI_MODEL_ALIASES = (
     "text-moderation-latest",
     "text-moderation-stable",
 )
+
+
+def _data_home() -> Path:
+    """``$XDG_DATA_HOME`` or ``~/.local/share``: where per-user state files live."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
 
 
 def _split_csv(v: object) -> object:
@@ -227,6 +233,37 @@ class Settings(BaseSettings):
     # --- security & ops ------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Static bearer keys (comma separated); empty = no auth."
+    )
+    policy_file: Path | None = Field(
+        None,
+        description="Policy file (YAML): projects, their models, thresholds, quotas, audit "
+        "text retention (README: Projects, keys and quotas). Set, keys come from the key "
+        "store and belong to projects; MODSERVE_API_KEYS still work (project 'default').",
+    )
+    key_store: Path = Field(
+        default_factory=lambda: _data_home() / "modserve" / "keys.db",
+        description="SQLite file of hashed API keys (`modserve keys create|list|revoke`); "
+        "several server processes on one host may share it. Used with MODSERVE_POLICY_FILE.",
+    )
+    key_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds a key lookup is cached in memory: a revoked key stops working "
+        "within this time. 0 = read the store on every request.",
+    )
+    evaluate_max_chars: int = Field(
+        5000,
+        ge=1,
+        description="Characters per prompt and per response of /v1/evaluate/toxicity; longer "
+        "is a 400 naming the field and this limit. An item costs the models about twice the "
+        "response plus the prompt, in tokens.",
+    )
+    audit_log: str = Field(
+        "",
+        description="Decision audit log: jsonl:PATH (rotating JSON lines), sqlite:PATH, or "
+        "empty = off. One record per decision, written off the request path; records the "
+        "sink cannot keep up with are dropped and counted (modserve_audit_dropped). "
+        "`modserve audit summary` reads it.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

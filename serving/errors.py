@@ -44,6 +44,7 @@ class ModerationError(Exception):
         if code is not None:
             self.code = code
         self.retry_after_s = retry_after_s  # None: MODSERVE_RETRY_AFTER_S (if retryable)
+        self.headers: dict[str, str] = {}  # sent with the answer (gRPC: trailing metadata)
 
     def retry_after(self, default_s: float) -> int | None:
         """Whole seconds for ``Retry-After`` if a retry may succeed (this error's own estimate,
@@ -72,6 +73,24 @@ class Unauthorized(ModerationError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+
+
+class Forbidden(ModerationError):
+    """A valid key that may not do this: a scope it lacks, or a model its project may not use."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class QuotaExceeded(ModerationError):
+    """A key or project is over its quota (``serving.gateway.quota``): 429, ``Retry-After``
+    = seconds until its bucket allows the request, and the ``x-ratelimit-*`` headers."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
 
 
 class ModelNotFound(ModerationError):

@@ -42,12 +42,28 @@ def import_hf_main(argv: list[str] | None = None) -> int:
     return main(argv)
 
 
+def audit_main(argv: list[str] | None = None) -> int:
+    """Summarise the decision audit log: flag rates, policy versions, reasons."""
+    from serving.gateway.audit_summary import main
+
+    return main(argv)
+
+
+def dataset_main(argv: list[str] | None = None) -> int:
+    """Check a moderation dataset (JSONL): schema, duplicates, leakage, balance."""
+    from training.dataset_check import main
+
+    return main(argv)
+
+
 COMMANDS = {
     "train": train_main,
     "eval": eval_main,
     "calibrate": calibrate_main,
     "export": export_main,
     "import-hf": import_hf_main,
+    "audit": audit_main,
+    "dataset": dataset_main,
 }
 
 

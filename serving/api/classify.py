@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from serving.api.auth import require_api_key
+from serving.api.auth import require_access
 from serving.api.openai import classify_request
 from serving.api.request_id import note_access
 from serving.engine.types import Registry
@@ -30,8 +30,7 @@ class ClassifyResponse(BaseModel):
 
 
 def classify_router(registry: Registry) -> APIRouter:
-    settings = registry.settings
-    router = APIRouter(dependencies=[Depends(require_api_key(settings.api_keys))])
+    router = APIRouter(dependencies=[Depends(require_access(registry, "moderate"))])
 
     @router.post(
         "/v1/classify",

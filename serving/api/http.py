@@ -22,7 +22,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import __version__
+from serving.api.auth import audit
 from serving.api.classify import classify_router
+from serving.api.evaluate import caller_project_policy, evaluate_router
 from serving.api.kserve import KSERVE_PREFIX, kserve_router
 from serving.api.openai import openai_router
 from serving.api.request_id import RequestIdMiddleware, request_id
@@ -68,6 +70,7 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
         )
     app.include_router(openai_router(registry))
     app.include_router(classify_router(registry))
+    app.include_router(evaluate_router(registry, caller_project_policy(settings)))
     app.include_router(kserve_router(registry))
 
     def error_response(
@@ -75,7 +78,9 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
     ) -> JSONResponse:
         kserve = request.url.path.startswith(KSERVE_PREFIX)
         body: dict[str, Any] = {"error": err.message} if kserve else err.envelope()
-        out = dict(headers or {})
+        out = {**err.headers, **(headers or {})}
+        if is_decision_route(request.url.path):
+            audit(request, error=err)
         if (retry := err.retry_after(settings.retry_after_s)) is not None:
             out["Retry-After"] = str(retry)
         log_error(request, err)
@@ -121,6 +126,17 @@ def create_http_app(registry: Registry, lifespan: Lifespan | None = None) -> Fas
     return app
 
 
+def is_decision_route(path: str) -> bool:
+    """Routes whose every answer is a moderation or evaluation decision (audited)."""
+    return path in DECISION_PATHS or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+
+DECISION_PATHS = (
+    "/v1/moderations",
+    "/api/llm/moderations",
+    "/v1/classify",
+    "/v1/evaluate/toxicity",
+)
 OPEN_PATHS = ("/health", "/ready", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready")
 
 

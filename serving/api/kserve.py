@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from serving.api.auth import require_api_key
+from serving.api.auth import audit, charge_and_check_model, project_view, require_access
 from serving.api.body import parse_json, read_body, until_disconnect
 from serving.api.request_id import note_access
 from serving.engine.stats import model_statistics, repository_index
@@ -33,7 +33,7 @@ Handler = Callable[[Request, str, str], Awaitable[Response]]
 def kserve_router(reg: Registry) -> APIRouter:
     settings = reg.settings
     router = APIRouter(prefix=KSERVE_PREFIX, tags=["KServe v2"])
-    keyed = [Depends(require_api_key(settings.api_keys))]
+    keyed = [Depends(require_access(reg, "kserve"))]
 
     def route(method: str, suffix: str, summary: str) -> Callable[[Handler], Handler]:
         """Register ``fn`` on /models/{name}<suffix> and /models/{name}/versions/{v}<suffix>."""
@@ -133,8 +133,10 @@ def kserve_router(reg: Registry) -> APIRouter:
             header, binary, settings.max_inputs_per_request, settings.max_input_chars
         )
         wanted = parse_outputs(header)
+        charge_and_check_model(request, texts, engine.name)
         reg.metrics.requests.labels(engine.name).inc()
-        result = await until_disconnect(request, engine.classify(texts))
+        result = project_view(request, await until_disconnect(request, engine.classify(texts)))
+        audit(request, engine, result, texts)
         note_access(request.scope, engine.name, len(texts), result.timings.tokens)
         arrays = kserve.output_arrays(result.scores, result.flags)
         outputs, blobs = [], []

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from serving.api.auth import require_api_key
+from serving.api.auth import audit, charge_and_check_model, project_view, require_access
 from serving.api.body import read_json, until_disconnect
 from serving.api.request_id import note_access
 from serving.config import OPENAI_MODEL_ALIASES
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 MODERATION_PATHS = ("/v1/moderations", "/api/llm/moderations")
 
 
-def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     defs = schema.pop("$defs", {})
 
     def walk(node: Any) -> Any:
@@ -63,15 +63,17 @@ async def classify_request(
         body, settings.max_inputs_per_request, settings.max_input_chars
     )
     engine = registry.resolve(requested)
+    charge_and_check_model(request, texts, engine.name)
     registry.metrics.requests.labels(engine.name).inc()
-    result = await until_disconnect(request, engine.classify(texts))
+    result = project_view(request, await until_disconnect(request, engine.classify(texts)))
+    audit(request, engine, result, texts)
     return engine, requested, texts, result
 
 
 def openai_router(registry: Registry) -> APIRouter:
-    settings = registry.settings
-    router = APIRouter(dependencies=[Depends(require_api_key(settings.api_keys))])
-    request_schema = _inline_refs(ModerationRequest.model_json_schema())
+    router = APIRouter()
+    moderate = [Depends(require_access(registry, "moderate"))]
+    request_schema = inline_refs(ModerationRequest.model_json_schema())
 
     async def moderations(request: Request) -> Response:
         engine, requested, texts, result = await classify_request(request, registry)
@@ -102,6 +104,7 @@ def openai_router(registry: Registry) -> APIRouter:
             path,
             moderations,
             methods=["POST"],
+            dependencies=moderate,
             summary="Classify text for moderation",
             response_model=None,
             responses={200: {"model": ModerationResponse}, **ERROR_RESPONSES},
@@ -117,6 +120,7 @@ def openai_router(registry: Registry) -> APIRouter:
     @router.get(
         "/v1/models",
         summary="List served models (OpenAI list format)",
+        dependencies=[Depends(require_access(registry, None))],
         responses={401: ERROR_RESPONSES[401]},
     )
     async def list_models() -> dict[str, Any]:

@@ -66,13 +66,16 @@ class RequestIdMiddleware:
         sent = next((v for k, v in scope["headers"] if k == HEADER), None)
         rid = choose(sent)
         state = scope.setdefault("state", {})
-        state["request_id"] = rid
+        state["request_id"], state["started_s"] = rid, t0
         raw = rid.encode()
         status = [0]
 
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (HEADER, raw)]
+                extra = [(HEADER, raw)]
+                if (quota := state.get("ratelimit_headers")) and message["status"] < 400:
+                    extra += [(k.encode(), v.encode()) for k, v in quota.items()]
+                message["headers"] = [*message.get("headers", []), *extra]
                 status[0] = message["status"]
             await send(message)
 

@@ -236,7 +236,10 @@ class Engine:
         scores = self.post.served(heads, texts)
         timings.total_s = time.perf_counter() - t0
         self.metrics.inputs.labels(self.name).inc(len(texts))
-        return ClassifyResult(self.name, self.categories, scores, self.post.flags(scores), timings)
+        flags, thresholds = self.post.flags(scores), self.post.flagger.thresholds
+        return ClassifyResult(
+            self.name, self.categories, scores, flags, timings, thresholds=thresholds
+        )
 
     async def _compute(
         self, texts: list[str], timeout_s: float | None, timings: Timings

@@ -95,6 +95,15 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        # serving.gateway.audit: decisions written to the audit sink, dropped because it fell
+        # behind (the queue was full), lost because the sink raised
+        self.audit_written = Counter("modserve_audit_written", "Audit records written", registry=r)
+        self.audit_dropped = Counter(
+            "modserve_audit_dropped", "Audit records dropped: the sink fell behind", registry=r
+        )
+        self.audit_errors = Counter(
+            "modserve_audit_errors", "Audit records lost to sink errors", registry=r
+        )
         self.cache_lookups = Counter(
             "modserve_cache_lookups",
             "Inputs looked up in the response cache (MODSERVE_CACHE_BYTES)",

@@ -37,7 +37,10 @@ class Flagger:
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """(N, C) scores -> (N, C) bool flags with the child-implies-parent rule."""
-        flags = scores >= self.thresholds
+        return self.with_parents(scores >= self.thresholds)
+
+    def with_parents(self, flags: np.ndarray) -> np.ndarray:
+        """``flags`` (changed in place) with every flagged child's parent flagged too."""
         if len(self.child_cols):
             # On the (C, N) view, logical_or.at handles several children of one parent.
             by_cat = flags.T

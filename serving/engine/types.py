@@ -43,6 +43,7 @@ class ClassifyResult:
     flags: np.ndarray  # (N, C) bool
     timings: Timings
     extras: dict[str, list[Any]] = field(default_factory=dict)  # per-input extra result fields
+    thresholds: np.ndarray | None = None  # (C,) the flag threshold of each column
 
 
 class Classifier(Protocol):

@@ -28,6 +28,9 @@ def _tensors(specs: list[dict[str, Any]]) -> list[Any]:
     return [pb.ModelMetadataResponse.TensorMetadata(**s) for s in specs]
 
 
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"  # the audit record's route
+
+
 class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: Context
@@ -43,7 +46,9 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
         try:
-            self.check_auth(context)  # like every per-model call: model names are not public
+            self.check_auth(
+                context, "kserve"
+            )  # like every per-model call: model names are not public
         except Exception as e:
             await self.fail(context, e)
         try:
@@ -57,7 +62,7 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
     ) -> Classifier:
         """Auth, then the engine for ``request.name``/``version``; aborts the call on error."""
         try:
-            self.check_auth(context)
+            self.check_auth(context, "kserve")
             engine = self.registry.resolve(request.name, request.version)
         except Exception as e:
             await self.fail(context, e)
@@ -111,7 +116,7 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
     ) -> pb.ModelStatisticsResponse:
         """Triton's statistics (``serving.engine.stats``), as over HTTP."""
         try:
-            self.check_auth(context)
+            self.check_auth(context, "kserve")
             engines = list(self.registry.engines.values())
             if request.name:
                 engines = [self.registry.resolve(request.name, request.version)]
@@ -128,7 +133,7 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
     ) -> pb.RepositoryIndexResponse:
         """Every served model and its state (READY once loaded and warmed)."""
         try:
-            self.check_auth(context)
+            self.check_auth(context, "kserve")
         except Exception as e:
             await self.fail(context, e)
         index = repository_index(list(self.registry.engines.values()))
@@ -144,12 +149,12 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         try:
             return await self._infer(request, context)
         except Exception as e:
-            await self.fail(context, e)
+            await self.fail(context, e, MODEL_INFER)
 
     async def _infer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        self.check_auth(context)
+        principal = self.check_auth(context, "kserve")
         engine = self.registry.resolve(request.model_name, request.model_version)
         served_model.set(engine.name)
         inputs = list(request.inputs)
@@ -169,8 +174,10 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         s = self.settings
         texts = kserve.decode_texts(items, n, s.max_inputs_per_request, s.max_input_chars)
         wanted = kserve.check_outputs([o.name for o in request.outputs])
-        self.metrics.requests.labels(engine.name).inc()
-        result = await engine.classify(texts, timeout_s=self.time_left_s(context))
+        async with self.admitted(principal, texts, engine.name):
+            self.metrics.requests.labels(engine.name).inc()
+            result = await engine.classify(texts, timeout_s=self.time_left_s(context))
+        result = self.decided(context, MODEL_INFER, principal, engine, result, texts)
         arrays = kserve.output_arrays(result.scores, result.flags)
         response = pb.ModelInferResponse(
             model_name=engine.name, model_version=engine.version, id=request.id

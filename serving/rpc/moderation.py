@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from serving.gateway.access import Principal
 from serving.protocol.limits import check_texts
 from serving.protocol.openai import echoed_model, full_taxonomy, new_id, openai_view
 from serving.rpc.common import Context, ServicerBase
@@ -24,22 +25,24 @@ except ImportError as e:  # pragma: no cover - depends on the install step
     ) from e
 
 SERVICE_NAME = "modserve.v1.Moderation"
+MODERATE = f"/{SERVICE_NAME}/Moderate"  # audit record routes
+MODERATE_STREAM = f"/{SERVICE_NAME}/ModerateStream"
 STREAM_WINDOW = 32  # requests of one stream classified concurrently; answers keep their order
 
 
 class ModerationServicer(ServicerBase, pb_grpc.ModerationServicer):
     async def Moderate(self, request: pb.ModerateRequest, context: Context) -> pb.ModerateResponse:
         try:
-            self.check_auth(context)
-            return await self._moderate(request, context)
+            principal = self.check_auth(context, "moderate")
+            return await self._moderate(request, context, principal)
         except Exception as e:
-            await self.fail(context, e)
+            await self.fail(context, e, MODERATE)
 
     async def ModerateStream(
         self, request_iterator: AsyncIterator[pb.ModerateRequest], context: Context
     ) -> AsyncIterator[pb.ModerateResponse]:
         try:
-            self.check_auth(context)
+            principal = self.check_auth(context, "moderate")
         except Exception as e:
             await self.fail(context, e)
         pending: asyncio.Queue[asyncio.Future[pb.ModerateResponse] | None] = asyncio.Queue()
@@ -49,7 +52,9 @@ class ModerationServicer(ServicerBase, pb_grpc.ModerationServicer):
             try:
                 async for request in request_iterator:
                     await slots.acquire()
-                    pending.put_nowait(asyncio.ensure_future(self._moderate(request, context)))
+                    pending.put_nowait(
+                        asyncio.ensure_future(self._moderate(request, context, principal))
+                    )
             finally:
                 pending.put_nowait(None)
 
@@ -71,15 +76,19 @@ class ModerationServicer(ServicerBase, pb_grpc.ModerationServicer):
                 if (left := pending.get_nowait()) is not None:
                     left.cancel()
         if error is not None:
-            await self.fail(context, error)
+            await self.fail(context, error, MODERATE_STREAM)
 
-    async def _moderate(self, request: pb.ModerateRequest, context: Context) -> pb.ModerateResponse:
+    async def _moderate(
+        self, request: pb.ModerateRequest, context: Context, principal: Principal
+    ) -> pb.ModerateResponse:
         s = self.settings
         texts = check_texts(request.input, s.max_inputs_per_request, s.max_input_chars)
         engine = self.registry.resolve(request.model or None)
         served_model.set(engine.name)
-        self.metrics.requests.labels(engine.name).inc()
-        result = await engine.classify(texts, timeout_s=self.time_left_s(context))
+        async with self.admitted(principal, texts, engine.name):
+            self.metrics.requests.labels(engine.name).inc()
+            result = await engine.classify(texts, timeout_s=self.time_left_s(context))
+        result = self.decided(context, MODERATE, principal, engine, result, texts)
         response = pb.ModerateResponse(id=new_id(), model=echoed_model(request.model, engine.name))
         cats, scores, flags, unscored = full_taxonomy(
             *openai_view(engine.label_map, result.categories, result.scores, result.flags)

@@ -16,7 +16,7 @@ SCANNED_PACKAGES = ("serving", "kernels", "training", "benchmarks", "modserve")
 # Top-level names whose imports are checked; `tests` is never scanned but may not be imported.
 PROJECT_ROOTS = frozenset((*SCANNED_PACKAGES, "tests"))
 
-SERVING = ("base", "model", "engine", "protocol", "proto", "api", "rpc", "roots")
+SERVING = ("base", "model", "engine", "protocol", "proto", "gateway", "api", "rpc", "roots")
 
 # layer -> (module patterns, layers it may import). "pkg.*" matches pkg and everything below
 # it; a plain "pkg.mod" matches that module only. The most specific (longest) pattern wins.
@@ -27,7 +27,6 @@ LAYERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
             "serving.config",
             "serving.errors",
             "serving.categories",
-            "serving.auth",
             "serving.logs",
             "serving.tracing",
             "kernels.*",
@@ -40,9 +39,14 @@ LAYERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
     "protocol": (("serving.protocol.*",), frozenset({"protocol", "base"})),
     # Generated gRPC stubs (serving/rpc/protogen.py): self-contained.
     "proto": (("serving._proto.*",), frozenset({"proto"})),
+    # Policy (projects, keys, quotas, audit, evaluation): above the engine, below transports.
+    "gateway": (("serving.gateway.*",), frozenset({"gateway", "engine", "protocol", "base"})),
     # Transports reach models only through serving.engine, and never each other.
-    "api": (("serving.api.*",), frozenset({"api", "engine", "protocol", "base"})),
-    "rpc": (("serving.rpc.*",), frozenset({"rpc", "engine", "protocol", "base", "proto"})),
+    "api": (("serving.api.*",), frozenset({"api", "gateway", "engine", "protocol", "base"})),
+    "rpc": (
+        ("serving.rpc.*",),
+        frozenset({"rpc", "gateway", "engine", "protocol", "base", "proto"}),
+    ),
     # Composition roots: anything in serving (kernels is in base), nothing outside it.
     "roots": (
         ("serving.app", "serving.cli", "serving.deployments"),
