@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sqlite3
 import sys
 import time
@@ -31,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from serving.gateway.audit import Record, parse_spec
+from serving.gateway.keys import parse_duration_s
 
 LOG_ENV = "MODSERVE_AUDIT_LOG"  # where the server's audit log is, when --log is not given
 DEFAULT_SINCE = "24h"
 DEFAULT_TOP_REASONS = 10
-_DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 
 
 class AuditLogError(Exception):
@@ -46,8 +44,10 @@ class AuditLogError(Exception):
 def parse_since(value: str, now_s: float) -> float:
     """``30m``/``1h``/``7d``/``90s`` before ``now_s``, or an ISO timestamp (UTC when it has no
     offset) -> epoch seconds."""
-    if m := _DURATION.fullmatch(value.strip()):
-        return now_s - float(m[1]) * _DURATION_S[m[2]]
+    try:
+        return now_s - parse_duration_s(value)
+    except ValueError:
+        pass
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
