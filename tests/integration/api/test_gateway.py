@@ -203,6 +203,8 @@ def test_grpc_goes_through_the_same_checks(gw: Gateway) -> None:
 
         assert moderate(gw.keys["prod"]).results[0].categories["violence"]
         for key, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                          (gw.keys["revoked"], grpc.StatusCode.UNAUTHENTICATED),
+                          (gw.keys["expiring"], grpc.StatusCode.UNAUTHENTICATED),
                           (gw.keys["elsewhere"], grpc.StatusCode.PERMISSION_DENIED),
                           (gw.keys["prod_kserve"], grpc.StatusCode.PERMISSION_DENIED)):  # fmt: skip
             with pytest.raises(grpc.RpcError) as e:
