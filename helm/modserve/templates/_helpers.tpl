@@ -79,6 +79,52 @@ applications:
 {{- end }}
 {{- end -}}
 
+{{/* The gateway's files, on the head only (where the ingress replicas run). */}}
+{{- define "modserve.gatewayEnv" -}}
+{{- if .Values.gateway.policy }}
+{{- if not .Values.serve.ingressOnHead }}
+{{- fail "gateway.policy needs serve.ingressOnHead: true (the key store lives on the head)" }}
+{{- end }}
+- name: MODSERVE_POLICY_FILE
+  value: /etc/modserve/policy.yaml
+- name: MODSERVE_KEY_STORE
+  value: /var/lib/modserve/keys.db
+{{- end }}
+{{- if .Values.gateway.auditLog }}
+- name: MODSERVE_AUDIT_LOG
+  value: {{ .Values.gateway.auditLog | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "modserve.gatewayMounts" -}}
+{{- if .Values.gateway.policy }}
+- name: policy
+  mountPath: /etc/modserve
+  readOnly: true
+{{- end }}
+{{- if or .Values.gateway.policy .Values.gateway.auditLog }}
+- name: gateway-state
+  mountPath: /var/lib/modserve
+{{- end }}
+{{- end -}}
+
+{{- define "modserve.gatewayVolumes" -}}
+{{- if .Values.gateway.policy }}
+- name: policy
+  configMap:
+    name: {{ include "modserve.fullname" . }}-policy
+{{- end }}
+{{- if or .Values.gateway.policy .Values.gateway.auditLog }}
+- name: gateway-state
+{{- if .Values.gateway.stateClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.gateway.stateClaim }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{- define "modserve.volumeMounts" -}}
 volumeMounts:
   - name: tmp  # Ray's session dir, compile caches: writable with a read-only root fs

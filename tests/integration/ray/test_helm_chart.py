@@ -24,6 +24,7 @@ VALUE_SETS = {
     "default": None,
     "gpu": CHART / "ci" / "gpu-values.yaml",
     "cpu": CHART / "ci" / "cpu-values.yaml",
+    "gateway": CHART / "ci" / "gateway-values.yaml",
 }
 
 
@@ -256,3 +257,34 @@ def test_grpc_service_targets_only_the_pod_where_grpc_listens():
         "applications"][0]["args"]["ray"]  # fmt: skip
     assert "resources" not in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
     assert [s["metadata"]["name"] for s in by_kind(off, "Service")] == ["modserve"]
+
+
+def test_gateway_files_reach_the_head_only(tmp_path: Path) -> None:
+    """The policy ConfigMap holds a policy the server accepts; the head (where the ingress
+    replicas run) gets it, the key store's volume and the audit log; workers get neither."""
+    from serving.gateway.policy import load_policy
+
+    docs = render(VALUE_SETS["gateway"])
+    (cm,) = by_kind(docs, "ConfigMap")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(cm["data"]["policy.yaml"])
+    assert set(load_policy(policy).projects) == {"prod-moderation", "llm-evals"}
+    (rs,) = by_kind(docs, "RayService")
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in head["containers"][0]["env"]}
+    assert env["MODSERVE_POLICY_FILE"] == "/etc/modserve/policy.yaml"
+    assert env["MODSERVE_KEY_STORE"] == "/var/lib/modserve/keys.db"
+    assert env["MODSERVE_AUDIT_LOG"] == "jsonl:/var/lib/modserve/audit.jsonl"
+    mounts = {m["name"]: m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
+    assert mounts["policy"] == "/etc/modserve" and mounts["gateway-state"] == "/var/lib/modserve"
+    volumes = {v["name"]: v for v in head["volumes"]}
+    assert volumes["policy"]["configMap"]["name"] == cm["metadata"]["name"]
+    assert volumes["gateway-state"]["persistentVolumeClaim"]["claimName"] == "modserve-gateway"
+    for group in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs", []):
+        worker = group["template"]["spec"]
+        assert not {e["name"] for e in worker["containers"][0]["env"]} & set(env) - {
+            "HF_HUB_OFFLINE", "MODSERVE_HOST", "HOME", "MODSERVE_LOG_LEVEL"
+        }  # fmt: skip
+        assert "policy" not in {v["name"] for v in worker["volumes"]}
+    with pytest.raises(Exception, match=r"needs serve\.ingressOnHead"):
+        render_values({"gateway": {"policy": "projects: []"}, "serve": {"ingressOnHead": False}})
