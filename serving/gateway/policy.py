@@ -98,6 +98,14 @@ class Project(_Strict):
     key_quotas: Quotas = Field(Quotas(), description="limits of each key of the project")
     retain_text: bool = Field(False, description="audit records may keep the input text")
 
+    @field_validator("evaluation_ensemble")
+    @classmethod
+    def _each_model_once(cls, v: list[EnsembleMember]) -> list[EnsembleMember]:
+        names = [m.model for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each model at most once (give it a weight instead): {names}")
+        return v
+
     @field_validator("thresholds")
     @classmethod
     def _in_unit_interval(cls, v: dict[str, float]) -> dict[str, float]:

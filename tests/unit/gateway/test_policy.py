@@ -54,6 +54,7 @@ def test_a_good_policy_loads_with_its_version(tmp_path: Path) -> None:
         (("reject: 0.5", "reject: 0.1"), 9, "projects.1.risk_thresholds"),
         (("id: evals", "id: prod"), 2, "projects"),
         (("id: evals", "id: 'bad id!'"), 8, "projects.1.id"),
+        (("weight: 2}]", "weight: 2}, {model: tiny}]"), 10, "projects.1.evaluation_ensemble"),
     ],
 )
 def test_a_bad_policy_names_its_line_and_field(
