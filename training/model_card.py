@@ -7,6 +7,7 @@ the prose sections below are the place to edit wording. Re-run
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shlex
 from pathlib import Path
@@ -76,33 +77,27 @@ def _default(name: str) -> Any:
 
 
 def _train_command(args: dict) -> str:
-    parts = ["python -m training.train"]
-    parts += ["--data", *args.get("data", [])]
-    parts += ["--sources-json", str(args.get("sources_json"))] if args.get("sources_json") else []
-    parts += ["--run-dir", str(args.get("run_dir"))]
-    if args.get("init_from"):
-        parts += ["--init-from", str(args["init_from"])]
-    if args.get("bf16"):
-        parts += ["--bf16"]
-    if args.get("source_size_power", _default("source_size_power")) != _default(
-        "source_size_power"
-    ):
-        parts += ["--source-size-power", str(args["source_size_power"])]
-    if args.get("lr", _default("lr")) != _default("lr"):
-        parts += ["--lr", str(args["lr"])]
-    parts += ["--max-minutes", str(args.get("max_minutes"))]
-    parts += ["--warmup-steps", str(args.get("warmup_steps"))]
-    parts += ["--eval-every-minutes", str(args.get("eval_every_minutes"))]
-    parts += ["--val-rows", str(args.get("val_rows"))]
-    for sw in args.get("source_weight", []):
-        parts += ["--source-weight", sw]
-    if args.get("patience") not in (None, _default("patience")):
-        parts += ["--patience", str(args["patience"])]
-    if args.get("weak_negative_weight"):
-        parts += ["--weak-negative-weight", str(args["weak_negative_weight"])]
-    if args.get("resume"):
-        parts += ["--resume"] + (["--reset-best"] if args.get("reset_best") else [])
-    return parts[0] + " " + " ".join(shlex.quote(p) for p in parts[1:])
+    """The ``training.train`` command that reproduces a run: every argument that differs
+    from its default, in ``TrainArgs`` order (data and run dir first)."""
+    from training.train import TrainArgs
+
+    defaults = TrainArgs(data=[], run_dir="")
+    parts = ["--data", *args.get("data", []), "--run-dir", str(args.get("run_dir"))]
+    for f in dataclasses.fields(TrainArgs):
+        name, value = f.name, args.get(f.name, getattr(defaults, f.name))
+        if name in ("data", "run_dir") or value == getattr(defaults, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+        elif name == "source_weight":  # repeated flag
+            for item in value:
+                parts += [flag, item]
+        elif isinstance(value, list):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return "python -m training.train " + " ".join(shlex.quote(p) for p in parts)
 
 
 def _start(args: dict) -> str:
