@@ -146,8 +146,15 @@ POOL_CODES = {"mean": 0, "cls": 1, "max": 2}  # the kernel's POOL constexpr
 if HAS_TRITON:
 
     @triton.jit
+    def _load_tile(ptr, rows, cols, stride_r, stride_c, mask, other):
+        """``ptr[rows, cols]`` as fp32 (rows x cols tile), ``other`` where ``mask`` is off."""
+        tiles = ptr + rows[:, None] * stride_r + cols[None, :] * stride_c
+        return tl.load(tiles, mask=mask, other=other).to(tl.float32)
+
+    @triton.jit
     def _store_scores(
         logits,
+        bias_ptr,
         offs_c,
         c_ok,
         thr_ptr,
@@ -159,6 +166,8 @@ if HAS_TRITON:
         SOFTMAX: tl.constexpr,
         WRITE_FLAGS: tl.constexpr,
     ):
+        """logits + bias -> sigmoid | softmax -> fp32 scores (and int8 flags) of ``row``."""
+        logits += tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
         if SOFTMAX:
             z = tl.where(c_ok, logits, float("-inf"))
             e = tl.exp(z - tl.max(z, axis=0))
@@ -229,28 +238,23 @@ if HAS_TRITON:
                     t = t0 + offs_t
                     m = tl.load(m_row + t * stride_mt, mask=t < T, other=0).to(tl.float32)
                     real = (m[:, None] != 0.0) & h_ok[None, :]
-                    tile_ptrs = h_row + t[:, None] * stride_ht + h[None, :] * stride_hh
                     if POOL == 0:
-                        tile = tl.load(tile_ptrs, mask=real, other=0.0).to(tl.float32)
+                        tile = _load_tile(h_row, t, h, stride_ht, stride_hh, real, 0.0)
                         acc += tl.sum(tile * m[:, None], axis=0)
                     else:
-                        tile = tl.load(tile_ptrs, mask=real, other=float("-inf")).to(tl.float32)
+                        tile = _load_tile(h_row, t, h, stride_ht, stride_hh, real, float("-inf"))
                         acc = tl.maximum(acc, tl.max(tile, axis=0))
                 if POOL == 0:  # noqa: SIM108 (a constexpr branch in @triton.jit)
                     pooled = acc / denom
                 else:  # a row without real tokens pools to 0, as the reference does
                     pooled = tl.where(acc == float("-inf"), 0.0, acc)
-            w = tl.load(
-                weight_ptr + offs_c[:, None] * stride_wc + h[None, :] * stride_wh,
-                mask=c_ok[:, None] & h_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)  # (BLOCK_C, BLOCK_H)
+            ch_ok = c_ok[:, None] & h_ok[None, :]
+            w = _load_tile(weight_ptr, offs_c, h, stride_wc, stride_wh, ch_ok, 0.0)  # (C, H)
             logits += tl.sum(w * pooled[None, :], axis=1)
 
-        logits += tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
         _store_scores(
-            logits, offs_c, c_ok, thr_ptr, scores_ptr, flags_ptr, row, stride_sb, stride_fb,
-            SOFTMAX, WRITE_FLAGS,
+            logits, bias_ptr, offs_c, c_ok, thr_ptr, scores_ptr, flags_ptr, row,
+            stride_sb, stride_fb, SOFTMAX, WRITE_FLAGS,
         )  # fmt: skip
 
     @triton.jit
@@ -302,22 +306,11 @@ if HAS_TRITON:
             for h0 in range(0, H, BLOCK_H):
                 h = h0 + offs_h
                 h_ok = h < H
-                tile = tl.load(
-                    h_row + t[:, None] * stride_ht + h[None, :] * stride_hh,
-                    mask=real[:, None] & h_ok[None, :],
-                    other=0.0,
-                ).to(tl.float32)  # (BLOCK_T, BLOCK_H)
+                th_ok = real[:, None] & h_ok[None, :]
+                tile = _load_tile(h_row, t, h, stride_ht, stride_hh, th_ok, 0.0)  # (T, H)
                 ch_ok = c_ok[:, None] & h_ok[None, :]
-                q = tl.load(
-                    query_ptr + offs_c[:, None] * stride_qc + h[None, :] * stride_qh,
-                    mask=ch_ok,
-                    other=0.0,
-                ).to(tl.float32)  # (BLOCK_C, BLOCK_H)
-                w = tl.load(
-                    weight_ptr + offs_c[:, None] * stride_wc + h[None, :] * stride_wh,
-                    mask=ch_ok,
-                    other=0.0,
-                ).to(tl.float32)
+                q = _load_tile(query_ptr, offs_c, h, stride_qc, stride_qh, ch_ok, 0.0)  # (C, H)
+                w = _load_tile(weight_ptr, offs_c, h, stride_wc, stride_wh, ch_ok, 0.0)
                 s += tl.sum(tile[:, None, :] * q[None, :, :], axis=2)
                 v += tl.sum(tile[:, None, :] * w[None, :, :], axis=2)
             s = tl.where(real[:, None], s, -1e30)
@@ -329,10 +322,9 @@ if HAS_TRITON:
             run_max = new_max
 
         logits = run_acc / tl.maximum(run_sum, 1e-30)
-        logits += tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
         _store_scores(
-            logits, offs_c, c_ok, thr_ptr, scores_ptr, flags_ptr, row, stride_sb, stride_fb,
-            SOFTMAX, WRITE_FLAGS,
+            logits, bias_ptr, offs_c, c_ok, thr_ptr, scores_ptr, flags_ptr, row,
+            stride_sb, stride_fb, SOFTMAX, WRITE_FLAGS,
         )  # fmt: skip
 
 
