@@ -29,7 +29,7 @@ def require_access(
     gate = Gatekeeper.shared(registry.settings, registry.metrics)
 
     async def check(request: Request) -> AsyncIterator[Principal]:
-        state = request.scope.setdefault("state", {})
+        state = _state(request)
         state["gatekeeper"] = gate
         principal = gate.authenticate(request.headers.get("authorization"))
         state["principal"] = principal
@@ -65,10 +65,8 @@ def charge_and_check_model(request: Request, texts: list[str], model: str | None
     principal = principal_of(request)
     state = _state(request)
     gate: Gatekeeper = state["gatekeeper"]
-    if model is not None:
-        gate.authorize_model(principal, model)
     try:
-        state["ratelimit_headers"] = gate.charge_tokens(principal, texts)
+        state["ratelimit_headers"] = gate.charge(principal, texts, model)
     except ModerationError as e:
         state["ratelimit_headers"] = e.headers
         raise

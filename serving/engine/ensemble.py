@@ -109,6 +109,7 @@ class EnsembleEngine:
             flags,
             timings,
             extras={"model_agreement": agreement.tolist()},
+            thresholds=self.flagger.thresholds,
         )
 
 

@@ -163,8 +163,14 @@ class Gatekeeper:
             raise self._over(verdict.reason, verdict.retry_after_s, verdict.headers)
         return verdict.headers
 
-    def charge_tokens(self, principal: Principal, texts: Iterable[str]) -> dict[str, str]:
-        """Charge the request's estimated input tokens; 429 (and the caller releases)."""
+    def charge(
+        self, principal: Principal, texts: Iterable[str], model: str | None
+    ) -> dict[str, str]:
+        """Once the inputs and the model are known: the project may use ``model`` (403; None:
+        the project's own evaluation ensemble, which its policy names) and the request's
+        estimated input tokens fit its token quotas (429; the caller still releases)."""
+        if model is not None:
+            self.authorize_model(principal, model)
         verdict = self.quotas.charge_tokens(principal.owners, estimated_tokens(texts))
         if not verdict.allowed:
             raise self._over(verdict.reason, verdict.retry_after_s, verdict.headers)

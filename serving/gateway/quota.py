@@ -114,21 +114,22 @@ class QuotaBook:
             lim = self._limiters[owner] = Limiter(quotas, self.clock)
         return lim
 
-    def admit(self, owners: list[tuple[str, Quotas]], tokens: int = 0) -> QuotaVerdict:
-        """Charge one request (and ``tokens``) to every owner, or to none if any refuses.
+    def _active(self, owners: list[tuple[str, Quotas]]) -> list[tuple[str, Limiter]]:
+        """The limiters of the owners that have any quota (call with the lock held)."""
+        return [(o, self._limiter(o, q)) for o, q in owners if not q.empty]
+
+    def admit(self, owners: list[tuple[str, Quotas]]) -> QuotaVerdict:
+        """Charge one request to every owner, or to none if any refuses.
 
         A refused request costs nothing; an admitted one holds a concurrency slot in each
         owner until ``release(owners)``. Headers come from the tightest owner (the one with
         the fewest requests left), as one answer can carry only one set.
         """
         with self._lock:
-            limiters = [(o, self._limiter(o, q)) for o, q in owners if not q.empty]
+            limiters = self._active(owners)
             worst_wait, reason = 0.0, ""
             for owner, lim in limiters:
-                waits = {
-                    "requests_per_minute": lim.requests.wait_s(1) if lim.requests else 0.0,
-                    "tokens_per_minute": lim.tokens.wait_s(tokens) if lim.tokens else 0.0,
-                }
+                waits = {"requests_per_minute": lim.requests.wait_s(1) if lim.requests else 0.0}
                 cap = lim.quotas.max_concurrent_requests
                 if cap is not None and lim.in_flight >= cap:
                     waits["max_concurrent_requests"] = 1.0
@@ -141,8 +142,6 @@ class QuotaBook:
             for _, lim in limiters:
                 if lim.requests:
                     lim.requests.take(1)
-                if lim.tokens and tokens:
-                    lim.tokens.take(tokens)
                 lim.in_flight += 1
             return QuotaVerdict(True, _all_headers(limiters))
 
@@ -150,7 +149,7 @@ class QuotaBook:
         """After the body is read: charge ``tokens`` to every owner, or refuse (the request's
         concurrency slot is still held: release it)."""
         with self._lock:
-            limiters = [(o, self._limiter(o, q)) for o, q in owners if not q.empty]
+            limiters = self._active(owners)
             for owner, lim in limiters:
                 if lim.tokens is not None:
                     wait = lim.tokens.wait_s(tokens)

@@ -47,7 +47,7 @@ class ServicerBase:
         self.registry = registry
         self.settings = registry.settings
         self.metrics = registry.metrics
-        self.gate = Gatekeeper.shared(registry.settings)
+        self.gate = Gatekeeper.shared(registry.settings, registry.metrics)
 
     def check_auth(self, context: Context, scope: str | None = None) -> Principal:
         """The caller (401), allowed ``scope`` (403; None: any valid key)."""
@@ -67,8 +67,7 @@ class ServicerBase:
         may use (403), its concurrency slot held until the block ends."""
         self.gate.admit(principal)
         try:
-            self.gate.authorize_model(principal, model)
-            self.gate.charge_tokens(principal, texts)
+            self.gate.charge(principal, texts, model)
             yield
         finally:
             self.gate.release(principal)

@@ -46,9 +46,8 @@ class KServeServicer(ServicerBase, service_pb2_grpc.GRPCInferenceServiceServicer
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
         try:
-            self.check_auth(
-                context, "kserve"
-            )  # like every per-model call: model names are not public
+            # like every per-model call: model names are not public
+            self.check_auth(context, "kserve")
         except Exception as e:
             await self.fail(context, e)
         try:
