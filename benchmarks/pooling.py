@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from benchmarks.probes import machine_info
 from benchmarks.report import save_json_and_plot
-from kernels.classification_head import head_logits_reference
+from kernels.classification_head import Pooling, head_logits_reference
 from serving.model.load import ClassificationHead, load_model
 from training import data as D
 from training import metrics as M
@@ -48,7 +48,7 @@ from training.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-POOLINGS = ("mean", "max", "attention")
+POOLINGS: tuple[Pooling, ...] = ("mean", "max", "attention")
 WINDOW_TOKENS, STRIDE_TOKENS = 256, 32  # the shipped model's window and chunk overlap
 FALSE_FLAG_BUDGET = 0.025
 
@@ -69,14 +69,14 @@ def windows(ids: list[int], cls: int, sep: int) -> list[list[int]]:
     return [[cls, *ids[s : s + body], sep] for s in starts]
 
 
-def head_scores(head: ClassificationHead, pooling: str, states: States) -> torch.Tensor:
+def head_scores(head: ClassificationHead, pooling: Pooling, states: States) -> torch.Tensor:
     h, am = states
     return torch.sigmoid(
-        head_logits_reference(h.float(), am, head.weight, head.bias, pooling, head.query)  # type: ignore[arg-type]
+        head_logits_reference(h.float(), am, head.weight, head.bias, pooling, head.query)
     )
 
 
-def fresh_head(shipped: ClassificationHead, pooling: str) -> ClassificationHead:
+def fresh_head(shipped: ClassificationHead, pooling: Pooling) -> ClassificationHead:
     head = ClassificationHead(
         shipped.weight.shape[1], shipped.weight.shape[0], pooling == "attention"
     )
@@ -84,8 +84,11 @@ def fresh_head(shipped: ClassificationHead, pooling: str) -> ClassificationHead:
     return head
 
 
+Cached = list[tuple[States, torch.Tensor, torch.Tensor]]  # states, labels, label mask
+
+
 def train_head(
-    head: ClassificationHead, pooling: str, cached: list[tuple[States, torch.Tensor, torch.Tensor]],
+    head: ClassificationHead, pooling: Pooling, cached: Cached,
     pos_weight: torch.Tensor, steps: int, lr: float, seed: int,
 ) -> list[float]:  # fmt: skip
     opt = torch.optim.Adam(head.parameters(), lr=lr)
@@ -94,7 +97,7 @@ def train_head(
     for _ in tqdm(range(steps), desc=f"train {pooling}", leave=False):
         states, y, m = cached[int(rng.integers(len(cached)))]
         h, am = states
-        logits = head_logits_reference(h.float(), am, head.weight, head.bias, pooling, head.query)  # type: ignore[arg-type]
+        logits = head_logits_reference(h.float(), am, head.weight, head.bias, pooling, head.query)
         loss = masked_bce(logits, y, m, pos_weight)
         opt.zero_grad()
         loss.backward()
@@ -104,7 +107,7 @@ def train_head(
 
 
 @torch.no_grad()
-def score_rows(head: ClassificationHead, pooling: str, cached: list[States]) -> np.ndarray:
+def score_rows(head: ClassificationHead, pooling: Pooling, cached: list[States]) -> np.ndarray:
     return torch.cat([head_scores(head, pooling, s) for s in cached]).numpy()
 
 
@@ -202,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     encode_s = time.time() - t0
 
     results: dict[str, Any] = {}
-    heads = {"mean (shipped head, untrained)": ("mean", fresh_head(shipped, "mean"), 0)}
+    heads: dict[str, tuple[Pooling, ClassificationHead, int]] = {
+        "mean (shipped head, untrained)": ("mean", fresh_head(shipped, "mean"), 0)
+    }
     heads |= {p: (p, fresh_head(shipped, p), args.steps) for p in POOLINGS}
     for name, (pooling, head, steps) in heads.items():
         losses = train_head(head, pooling, cached_train, torch.from_numpy(pw), steps, args.lr, 1)

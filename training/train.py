@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from kernels.classification_head import Pooling
 from serving.config import DEFAULT_MODEL_NAME
 from serving.model.load import ModerationModel, build_model, packaged_encoder_dir
 from serving.model.repo_config import ModelConfig
@@ -105,7 +106,7 @@ class TrainArgs:
     composite_share: float = 0.0
     benign_composite_share: float = 0.0
     composite_max_context: int = C.MAX_CONTEXT_PARTS
-    pooling: str = "mean"
+    pooling: Pooling = "mean"
     patience: int = 3
     seed: int = 13
     threads: int = 2
@@ -491,7 +492,7 @@ def write_run_files(
         cfg = load_model_config_from_run(run_dir)
     else:
         cfg = default_model_config(args.name, args.labels)
-        cfg.pooling = args.pooling  # type: ignore[assignment]  # argparse choices
+        cfg.pooling = args.pooling
         if args.init_from:  # a continued model is the next version of the one it starts from
             cfg.version = next_version(Path(args.init_from))
         cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -866,7 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pooling",
-        choices=["mean", "max", "attention", "cls"],
+        choices=get_args(Pooling),
         default=d.pooling,
         help="token states -> one vector per category (kernels.classification_head); "
         "attention from a mean-pooled --init-from starts as exactly that model",

@@ -30,6 +30,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from kernels.classification_head import Pooling
 from serving.categories import BY_WIRE, CORE_WIRE_NAMES, ordered
 
 CONFIG_FILE = "config.yaml"
@@ -84,7 +85,7 @@ class ModelConfig(BaseModel):
     )
     span_stride_tokens: int = Field(0, ge=0, description="overlap between consecutive spans")
     buckets_tokens: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
-    pooling: Literal["mean", "cls", "max", "attention"] = Field(
+    pooling: Pooling = Field(
         "mean",
         description="how token states become one score per category "
         "(kernels.classification_head): attention = one learned query per category "
