@@ -113,6 +113,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from serving.config import Settings
     from serving.gateway.keys import SqliteKeyStore, parse_duration_s
     from serving.gateway.policy import load_policy
+    from serving.text_table import aligned
 
     given = {k: getattr(args, k) for k in ("key_store", "policy_file") if getattr(args, k)}
     settings = Settings(**given)
@@ -148,9 +149,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     rows += [(r.key_id, r.project_id, ",".join(sorted(r.scopes)), r.state(now),
               _when(r.created_at), _when(r.expires_at), r.name)
              for r in store.list(args.project)]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print("\n".join(aligned(rows)))
     return 0
 
 

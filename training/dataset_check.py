@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from serving.categories import BY_WIRE, WIRE_NAMES
 from serving.config import Settings
+from serving.text_table import aligned
 from training.data import parse_row
 
 NO_CATEGORY = ("safe", "none")  # `label` values meaning "no category applies"
@@ -498,18 +499,6 @@ def _lines_preview(findings: list[dict[str, Any]], n: int = 5) -> str:
     return shown + (", ..." if len(findings) > n else "")
 
 
-def _table(rows: list[list[str]], right: Sequence[int]) -> list[str]:
-    """Rows of cells in aligned columns; the columns in ``right`` are right-aligned."""
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    return [
-        "  ".join(
-            cell.rjust(w) if c in right else cell.ljust(w)
-            for c, (cell, w) in enumerate(zip(r, widths, strict=True))
-        ).rstrip()
-        for r in rows
-    ]
-
-
 def format_report(report: Report, details: int = 10) -> str:
     """The terminal summary: checks, up to ``details`` failing lines, balance, review."""
     f = report.findings
@@ -525,7 +514,7 @@ def format_report(report: Report, details: int = 10) -> str:
         checks.append([title, str(len(f[kind])), _lines_preview(f[kind])])
     # the last row, keys outside the schema, names the keys instead of lines
     checks[-1][2] = ", ".join(sorted({k for x in f["extra_keys"] for k in x["keys"]}))
-    out += _table(checks, right=(1,))
+    out += aligned(checks, right=(1,))
 
     failing = [(x["line"], x) for kind in FAILING_KINDS for x in f[kind]]
     if failing:
@@ -551,7 +540,7 @@ def format_report(report: Report, details: int = 10) -> str:
             key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v),  # 2 before 10
         )
         rows += [[f"severity {v}", *(str(s.severity[v]) for s in stats)] for v in severities]
-        balance = _table(rows, right=range(1, len(rows[0])))
+        balance = aligned(rows, right=range(1, len(rows[0])))
         out += ["", "label balance (rows where a category applies):", *balance]
 
     if report.review is not None:
@@ -568,7 +557,7 @@ def format_report(report: Report, details: int = 10) -> str:
             ]
             for r in report.review
         ]
-        out += _table(rows, right=(0, 1))
+        out += aligned(rows, right=(0, 1))
     return "\n".join(out)
 
 

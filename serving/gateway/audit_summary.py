@@ -31,6 +31,7 @@ from typing import Any
 
 from serving.gateway.audit import Record, parse_spec
 from serving.gateway.keys import parse_duration_s
+from serving.text_table import aligned
 
 LOG_ENV = "MODSERVE_AUDIT_LOG"  # where the server's audit log is, when --log is not given
 DEFAULT_SINCE = "24h"
@@ -225,14 +226,7 @@ def _table(header: list[str], text_columns: int, rows: list[list[Any]]) -> str:
     if not rows:
         return "  ".join(header) + "\n(none)"
     cells = [header, *[[str(v) for v in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            v.ljust(w) if i < text_columns else v.rjust(w)
-            for i, (v, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in cells
-    )
+    return "\n".join(aligned(cells, right=range(text_columns, len(header))))
 
 
 def build_parser() -> argparse.ArgumentParser:

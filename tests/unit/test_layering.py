@@ -28,6 +28,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
             "serving.errors",
             "serving.categories",
             "serving.logs",
+            "serving.text_table",
             "serving.tracing",
             "kernels.*",
         ),
