@@ -32,7 +32,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.overload import PATH, RawHttp
+from benchmarks.loadgen import HttpClient
+from benchmarks.overload import CLIENT_TIMEOUT_S, PATH
 from benchmarks.probes import machine_info
 from benchmarks.report import save_json_and_plot
 from benchmarks.workload import WorkloadMix, make_requests
@@ -63,7 +64,7 @@ async def closed_loop(
 ) -> dict[str, Any]:
     """Requests/s and latency of ``clients`` closed-loop clients; a request repeats an
     earlier text of this run with probability ``dup_rate``."""
-    c, rng = RawHttp(base), random.Random(seed)
+    c, rng = HttpClient(base, CLIENT_TIMEOUT_S), random.Random(seed)
     sent: list[str] = []
     fresh = (f"{t} ({k})" if k else t for k in range(10**6) for t in texts)  # never runs dry
     latencies: list[float] = []

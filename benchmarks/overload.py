@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.loadgen import HttpClient
 from benchmarks.probes import machine_info
 from benchmarks.report import save_json_and_plot
 from benchmarks.workload import Request, make_requests
@@ -59,68 +60,9 @@ class Sample:
     retry_after: str | None = None
 
 
-class RawHttp:
-    """A lean HTTP/1.1 client: keep-alive connections from a pool, JSON POSTs.
-
-    httpx's pool (``benchmarks/loadgen.py``) becomes the bottleneck itself at ~100 open
-    requests on a 2-core machine shared with the server (measured: client latency 3-5 s
-    while the server answered within 1 s), which would blame the server for the client's
-    queueing. This client costs a fraction of that per request."""
-
-    def __init__(self, base: str) -> None:
-        host, _, port = base.removeprefix("http://").rstrip("/").partition(":")
-        self.host, self.port = host, int(port or 80)
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, str | None]:
-        """(status, Retry-After) of one POST; (0, None) when no answer came. A kept-alive
-        connection the server has closed meanwhile is retried once on a new one, as every
-        HTTP client does."""
-        if self._idle:
-            status, retry = await self._post(path, body, self._idle.pop())
-            if status:
-                return status, retry
-        return await self._post(path, body, None)
-
-    async def _post(
-        self,
-        path: str,
-        body: dict[str, Any],
-        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
-    ) -> tuple[int, str | None]:
-        data = json.dumps(body).encode()
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n"
-        ).encode()
-        try:
-            if conn is None:
-                conn = await asyncio.open_connection(self.host, self.port)
-            reader, writer = conn
-            writer.write(head + data)
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CLIENT_TIMEOUT_S)
-            lines = raw.decode("latin-1").split("\r\n")
-            headers = {k.lower(): v for k, _, v in (x.partition(": ") for x in lines[1:] if x)}
-            await reader.readexactly(int(headers.get("content-length", "0")))
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-            if conn is not None:
-                conn[1].close()
-            return 0, None
-        if headers.get("connection", "").lower() == "close":
-            writer.close()
-        else:
-            self._idle.append(conn)
-        return int(lines[0].split()[1]), headers.get("retry-after")
-
-    async def aclose(self) -> None:
-        for _, w in self._idle:
-            w.close()
-        self._idle.clear()
-
-
 async def capacity(base: str, requests: list[Request], clients: int, seconds: float) -> float:
     """Closed-loop requests/s answered 200."""
-    c, ok, i = RawHttp(base), 0, 0
+    c, ok, i = HttpClient(base, CLIENT_TIMEOUT_S), 0, 0
     t_end = time.perf_counter() + seconds
 
     async def one() -> None:
@@ -147,7 +89,7 @@ async def burst(
 ) -> tuple[list[Sample], float | None]:
     """Open loop at ``rate_rps`` (Poisson) for ``seconds``: every request's outcome, and
     the recovery time from the last arrival (``recovery``, while the burst drains)."""
-    c, rng = RawHttp(base), random.Random(seed)
+    c, rng = HttpClient(base, CLIENT_TIMEOUT_S), random.Random(seed)
     offsets, t = [], 0.0
     while t < seconds:
         offsets.append(t)
@@ -156,8 +98,10 @@ async def burst(
     t0 = time.perf_counter()
 
     async def one(i: int, off: float) -> None:
-        status, retry = await c.post(PATH, requests[i % len(requests)].body)
-        samples.append(Sample(off, status, time.perf_counter() - t0 - off, retry))
+        status, headers = await c.post(PATH, requests[i % len(requests)].body)
+        samples.append(
+            Sample(off, status, time.perf_counter() - t0 - off, headers.get("retry-after"))
+        )
 
     tasks = []
     for i, off in enumerate(offsets):
@@ -173,7 +117,7 @@ async def burst(
 
 async def recovery(base: str, normal_s: float, limit_s: float = 60.0) -> float | None:
     """Seconds until a small request answers 200 within ``normal_s`` (None: never)."""
-    c = RawHttp(base)
+    c = HttpClient(base, CLIENT_TIMEOUT_S)
     t0 = time.perf_counter()
     try:
         while (now := time.perf_counter()) - t0 < limit_s:
@@ -193,13 +137,13 @@ async def starvation(base: str, seconds_between: float = 0.2) -> dict[str, Any]:
     rng = random.Random(1)
     big = [" ".join(rng.choice(words) for _ in range(200)) for _ in range(256)]
     small: list[tuple[int, float]] = []
-    c = RawHttp(base)
+    c = HttpClient(base, CLIENT_TIMEOUT_S)
     t0 = time.perf_counter()
     r_never = await c.post(PATH, {"input": ["word " * 2000] * 256})
     never_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    big_task = asyncio.create_task(RawHttp(base).post(PATH, {"input": big}))
+    big_task = asyncio.create_task(HttpClient(base, CLIENT_TIMEOUT_S).post(PATH, {"input": big}))
     while not big_task.done():
         s0 = time.perf_counter()
         status, _ = await c.post(PATH, {"input": "hello, is this fine?"})
@@ -238,7 +182,7 @@ async def soak(
     file descriptors sampled every ``SOAK_SAMPLE_S``: both must stay flat."""
     usage: list[tuple[float, float, int]] = []
     t0 = time.perf_counter()
-    c, rng, i = RawHttp(base), random.Random(2), 0
+    c, rng, i = HttpClient(base, CLIENT_TIMEOUT_S), random.Random(2), 0
     statuses: Counter[int] = Counter()
     tasks: set[asyncio.Task[None]] = set()
 
