@@ -2,9 +2,9 @@
 
 Two modserve servers on the same model, one with the response cache off
 (``MODSERVE_CACHE_BYTES=0``) and one with the default bound, are driven in turn by the same
-closed loop (``--clients`` clients, ``--seconds`` s per run, lean keep-alive client of
-``benchmarks/overload.py``) with single texts of 50-600 characters (``workload.py``'s chat
-and comment kinds):
+closed loop (``--clients`` clients, ``--seconds`` s per run, the lean keep-alive client
+``benchmarks.loadgen.HttpClient``) with single texts of 50-600 characters
+(``workload.py``'s chat and comment kinds):
 
 * ``--dup-rates`` (default 0 and 0.3): each request repeats an earlier text of its run with
   this probability (spam waves, retries, the same LLM answer), else sends a new one; a

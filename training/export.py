@@ -53,6 +53,7 @@ from serving.model.quantize import (
     smoothing_factors,
 )
 from serving.model.repo_config import ModelConfig, save_model_config
+from training import benign_idioms
 from training import data as D
 from training import dilution as DL
 from training import metrics as M
@@ -263,7 +264,13 @@ def ship(
     if split_file.is_file():
         shutil.copy2(split_file, model_dir / VALIDATION_SPLIT_FILE)
     shipped_dir = Path(model_repo) / cfg.name
-    out["dilution"] = dilution_against_shipped(loaded, val, shipped_dir)
+    shipped = (
+        load_model(shipped_dir, "cpu", "float32")
+        if (shipped_dir / "config.yaml").is_file()
+        else None
+    )
+    out["dilution"] = dilution_against_shipped(loaded, val, shipped)
+    out["benign_idioms"] = idioms_against_shipped(loaded, shipped)
     out["promotion"] = promotion_decision(out["dilution"], allow_dilution_regression)
     (model_dir / "eval_validation.json").write_text(json.dumps(M.json_safe(out), indent=1))
     print(format_table(rep32))
@@ -379,22 +386,33 @@ def budget_thresholds(
     return cfg.model_copy(update={"thresholds": thresholds})
 
 
-def dilution_against_shipped(loaded: LoadedModel, val: list[D.Example], shipped_dir: Path) -> dict:
+def dilution_against_shipped(
+    loaded: LoadedModel, val: list[D.Example], shipped: LoadedModel | None
+) -> dict:
     """``training.dilution`` for the candidate and, on the same composites, for the model
-    ``shipped_dir`` serves now (if any)."""
+    served now (``shipped``, if any)."""
     try:
         dset = DL.build_set(val, loaded.cfg.served_categories, loaded.tokenizer)
     except ValueError as e:
         return {"skipped": str(e)}
     log.info("dilution: scoring %d composites (candidate)", len(dset.texts))
     out: dict = {"candidate": DL.run(dset, lambda t: served_flags(loaded, t))}
-    if (shipped_dir / "config.yaml").is_file():
-        shipped = load_model(shipped_dir, "cpu", "float32")
+    if shipped is not None:
         log.info("dilution: scoring the same composites with the shipped version %s",
                  shipped.cfg.version)  # fmt: skip
         out["shipped"] = DL.run(dset, lambda t: served_flags(shipped, t))
         out["shipped_version"] = shipped.cfg.version
     print(DL.format_table(out["candidate"]))
+    return out
+
+
+def idioms_against_shipped(loaded: LoadedModel, shipped: LoadedModel | None) -> dict:
+    """False flags on the held-out benign idioms (``training.benign_idioms``), for the
+    candidate and the model served now."""
+    out = {"candidate": benign_idioms.false_flags(lambda t: served_flags(loaded, t))}
+    if shipped is not None:
+        model = shipped
+        out["shipped"] = benign_idioms.false_flags(lambda t: served_flags(model, t))
     return out
 
 

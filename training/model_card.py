@@ -209,6 +209,25 @@ def _int8_plan(gate: dict) -> str:
     )
 
 
+def _idioms_section(res: dict) -> str:
+    """False flags on the held-out benign idioms, this model and the one it replaces."""
+    head = "## Violent words in benign use (held out)\n\n"
+    cand = res.get("candidate")
+    if not cand:
+        return head + "Not measured in this export."
+    before = res.get("shipped")
+    was = f" (the model served before: {_f(before['false_flag_rate'])})" if before else ""
+    examples = "; ".join(f'"{t}"' for t in cand["flagged_examples"][:3]) or "none"
+    return head + (
+        f"`training.benign_idioms` held-out part ({cand['rows']} texts from "
+        f"{len(cand['by_template'])} templates whose verbs, objects and shapes training never "
+        'saw: killing processes, food "to die for", a show that was "murdered"): '
+        f"flagged {_f(cand['false_flag_rate'])}{was}; templates with a false flag: "
+        f"{cand['templates_with_a_false_flag']} of {len(cand['by_template'])}. "
+        f"Still flagged, e.g.: {examples}."
+    )
+
+
 def _dilution_section(dil: dict, cfg: ModelConfig) -> str:
     """Recall / false flags by context length for this model (and the one it replaces)."""
     head = "## Dilution (harm inside long, mixed text)\n\n"
@@ -420,6 +439,8 @@ AUPRC change (fp32 - int8): {drops}. {_gate_summary(gate)} ->
 {_onnx_int8_section(out.get("onnx_int8_gate"))}
 
 {_dilution_section(out.get("dilution", {}), cfg)}
+
+{_idioms_section(out.get("benign_idioms", {}))}
 
 {GAPS}
 {run.get("known_issues", "")}

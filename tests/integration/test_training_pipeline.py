@@ -18,6 +18,7 @@ from serving.model.load import load_model
 from serving.model.onnx_runtime import exact_u8s8_gemm
 from serving.model.repo_config import load_model_config
 from tests.helpers import copy_packaged_tokenizer, tiny_bert
+from training import benign_idioms
 from training import data as D
 from training import metrics as M
 from training.defaults import DEFAULT_LABELS, default_model_config
@@ -127,6 +128,10 @@ def test_train_export_load_score(tmp_path: Path) -> None:
         assert (model_dir / f).is_file(), f
     cfg = load_model_config(model_dir)
     assert cfg.labels == DEFAULT_LABELS
+    idioms = out["benign_idioms"]["candidate"]  # held-out benign uses of violent words
+    assert idioms["rows"] == len(benign_idioms.texts("eval"))
+    assert 0.0 <= idioms["false_flag_rate"] <= 1.0 and "shipped" not in out["benign_idioms"]
+    assert "## Violent words in benign use (held out)" in (model_dir / "README.md").read_text()
     assert set(cfg.derived) == {"sexual/minors", "violence/graphic", "self-harm/instructions"}
     assert set(cfg.thresholds) == set(cfg.served_categories)
     assert all(0.0 < t < 1.0 for t in cfg.thresholds.values())
