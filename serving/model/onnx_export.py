@@ -58,13 +58,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
 OPSET = 17  # ReduceMin/ReduceMax take ``axes`` as an attribute up to opset 17
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "scores"
-FORMAT_VERSION = 5  # bump when the graph this module writes changes
+FORMAT_VERSION = 6  # bump when the graph this module writes changes
+# The encoder's attention as exported: "eager" (matmul, mask add, softmax, matmul) gives ORT
+# a graph 4 % faster than torch's SDPA export (whose NaN guard adds IsNaN + Where on every
+# score), with the same scores to 5e-7 (2-core AMD EPYC, 1 thread, 32 x 64 tokens).
+EXPORT_ATTENTION = "eager"
 SATURATION = "uint8 x int8 pairs saturate int16 (VPMADDUBSW) on x86 without VNNI"
 
 
@@ -73,6 +78,21 @@ def export_float(model: nn.Module, path: Path, output: str = OUTPUT) -> None:
     ``path``, its output named ``output``, dynamic batch and length."""
     ids = torch.randint(1000, 2000, (2, 16))
     mask = torch.ones_like(ids)
+    encoder = getattr(model, "encoder", None)
+    config = getattr(encoder, "config", None)
+    served_attention = getattr(config, "_attn_implementation", None)
+    if served_attention is not None and isinstance(encoder, PreTrainedModel):
+        encoder.set_attn_implementation(EXPORT_ATTENTION)
+    try:
+        _export(model, ids, mask, path, output)
+    finally:  # the torch model keeps serving with its own attention
+        if served_attention is not None and isinstance(encoder, PreTrainedModel):
+            encoder.set_attn_implementation(served_attention)
+
+
+def _export(
+    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, path: Path, output: str
+) -> None:
     with torch.inference_mode(), warnings.catch_warnings():
         # The tracer warns about Python conditions it fixes (mask padding, causal flag); both
         # are constant for an encoder with an attention mask, at every length.

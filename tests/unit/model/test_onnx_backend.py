@@ -39,6 +39,19 @@ def test_float32_graph_scores_as_torch(tiny_repo: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(got, want, atol=2e-6)
 
 
+def test_the_graph_has_eager_attention_and_torch_keeps_its_own(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    model = load_model(tiny_repo / "tiny", "cpu", "float32").model
+    served = model.encoder.config._attn_implementation
+    onnx_export.export_float(model, tmp_path / "m.onnx")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert "Softmax" in ops and "IsNaN" not in ops, sorted(ops)  # no SDPA NaN guard
+    assert model.encoder.config._attn_implementation == served
+
+
 class _Toy(nn.Module):
     """Two Linears the rewrite must find by their weights: one on the input, one on a GELU
     output (the FFN output projection's situation), named as in HF BERT."""
