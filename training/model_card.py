@@ -220,8 +220,8 @@ def _idioms_section(res: dict) -> str:
     examples = "; ".join(f'"{t}"' for t in cand["flagged_examples"][:3]) or "none"
     return head + (
         f"`training.benign_idioms` held-out part ({cand['rows']} texts from "
-        f"{len(cand['by_template'])} templates whose verbs, objects and shapes training never "
-        'saw: killing processes, food "to die for", a show that was "murdered"): '
+        f"{len(cand['by_template'])} templates whose verbs, objects and tools the train part "
+        'never uses: killing processes, food "to die for", a show that was "murdered"): '
         f"flagged {_f(cand['false_flag_rate'])}{was}; templates with a false flag: "
         f"{cand['templates_with_a_false_flag']} of {len(cand['by_template'])}. "
         f"Still flagged, e.g.: {examples}."
