@@ -36,7 +36,7 @@ from benchmarks.loadgen import HttpClient
 from benchmarks.overload import CLIENT_TIMEOUT_S, PATH
 from benchmarks.probes import machine_info
 from benchmarks.report import save_json_and_plot
-from benchmarks.workload import WorkloadMix, make_requests
+from benchmarks.workload import single_texts
 
 TARGET_WITH_REPEATS = 1.4  # at 30 % repeats
 TARGET_WITHOUT = 0.97
@@ -46,17 +46,7 @@ ON_BYTES = str(64 * 2**20)
 
 def texts_for(seed: int, n: int) -> list[str]:
     """``n`` distinct single texts of 50-600 characters for ``seed``."""
-    mix = WorkloadMix(chat=0.6, comment=0.4, long=0.0, batch=0.0)
-    out: list[str] = []
-    seen: set[str] = set()
-    for r in make_requests(n * 2, seed=seed, mix=mix):
-        t = r.inputs[0][:MAX_CHARS]
-        if len(t) >= MIN_CHARS and t not in seen:
-            seen.add(t)
-            out.append(t)
-        if len(out) == n:
-            break
-    return out
+    return single_texts(n, seed, MIN_CHARS, MAX_CHARS)
 
 
 async def closed_loop(

@@ -29,7 +29,7 @@ from benchmarks.loadgen import GrpcTarget, HttpTarget, Target
 from benchmarks.probes import batch_stats_delta, machine_info, scrape_batch_stats
 from benchmarks.servers import KINDS, MODSERVE_ENV_BY_KIND, start_server
 from benchmarks.sweep import SweepConfig, run_sweep
-from benchmarks.workload import describe, make_requests, token_counts
+from benchmarks.workload import Request, describe, make_requests, single_texts, token_counts
 from serving.config import DEFAULT_MODEL_NAME
 
 DEFAULT_MODEL_DIR = Path("model_repo") / DEFAULT_MODEL_NAME
@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="model_repo folder (or a bare HF encoder: random head) all servers load",
     )
     p.add_argument("--n-requests", type=int, default=2000, help="workload size (cycled)")
+    p.add_argument(
+        "--workload",
+        choices=("mix", "single"),
+        default="mix",
+        help="mix: workload.py's standard mix (chat, comments, long texts, batches); single: "
+        "one distinct text of 50-600 characters per request (issue #17's end-to-end target)",
+    )
     p.add_argument(
         "--no-core-replay",
         action="store_true",
@@ -248,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         progress=not a.no_progress,
     )
     model_dir = resolve_model_dir(a.model_dir)
-    requests = make_requests(a.n_requests, a.seed)
+    requests = (
+        make_requests(a.n_requests, a.seed)
+        if a.workload == "mix"
+        else [Request("single", [t]) for t in single_texts(a.n_requests, a.seed)]
+    )
     from serving.model.repo_config import load_model_config
 
     vdir = load_model_config(model_dir).version_dir(model_dir)
@@ -258,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m benchmarks.load", *(argv or sys.argv[1:])]),
         "machine": machine_info(),
         "model": model_dir.name,
-        "workload": {"seed": a.seed, **describe(requests, tokens)},
+        "workload": {"kind": a.workload, "seed": a.seed, **describe(requests, tokens)},
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "notes": "client and server share the machine's cores; peers truncate inputs longer "
         "than the model window, modserve chunks them (more work for modserve)",

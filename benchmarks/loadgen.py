@@ -22,7 +22,7 @@ import numpy as np
 from benchmarks.workload import Request
 
 DRAIN_TIMEOUT_S = 15.0  # after the arrival window, how long unfinished requests may still run
-INTERACTIVE_KINDS = ("chat", "comment")  # one short input: what a latency SLO is about
+INTERACTIVE_KINDS = ("chat", "comment", "single")  # one input: what a latency SLO is about
 MAX_INFLIGHT_OPEN = 2048  # open loop: arrivals beyond this many in flight count as "backlog"
 
 

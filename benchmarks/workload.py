@@ -100,6 +100,25 @@ def make_requests(n_requests: int, seed: int = 0, mix: WorkloadMix | None = None
     return out
 
 
+SINGLE_MIX = WorkloadMix(chat=0.6, comment=0.4, long=0.0, batch=0.0)
+
+
+def single_texts(n: int, seed: int = 0, min_chars: int = 50, max_chars: int = 600) -> list[str]:
+    """``n`` distinct single texts of ``min_chars``-``max_chars`` characters (chat and
+    comment kinds, cut at ``max_chars``): issue #17's end-to-end workload."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for attempt in range(1000):
+        for r in make_requests(n * 2, seed=seed * 1000 + attempt, mix=SINGLE_MIX):
+            t = r.inputs[0][:max_chars]
+            if len(t) >= min_chars and t not in seen:
+                seen.add(t)
+                out.append(t)
+                if len(out) == n:
+                    return out
+    raise ValueError(f"could not make {n} distinct texts of {min_chars}-{max_chars} characters")
+
+
 def describe(requests: list[Request], token_counts: list[int] | None = None) -> dict[str, object]:
     """Shares per kind, inputs per request and (if given) tokens per request."""
     n = len(requests)

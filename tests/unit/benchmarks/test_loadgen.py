@@ -156,3 +156,13 @@ def test_post_reports_no_answer_as_status_zero_and_keeps_headers() -> None:
     (status, headers), refused = asyncio.run(main())
     assert status == 429 and headers["retry-after"] == "2"
     assert refused == (0, {})
+
+
+def test_single_texts_are_distinct_in_range_and_seeded() -> None:
+    from benchmarks.workload import single_texts
+
+    texts = single_texts(500, seed=4)
+    assert texts == single_texts(500, seed=4) and texts != single_texts(500, seed=5)
+    assert len(set(texts)) == 500
+    assert all(50 <= len(t) <= 600 for t in texts)
+    assert max(len(t) for t in texts) > 300  # comments too, not only chat lines
