@@ -34,10 +34,15 @@ def isolated_core_seconds(
     per_bucket: dict[Any, list[float]],
     min_time_s: float = MIN_TIME_S,
     backend: str = "torch",
+    length_factor: float = 1.0,
 ) -> dict[str, Any]:
     """{"core_seconds": total, "workers": n, "buckets": [{bucket, batches, batch_size,
     ms_per_batch}]}; ``ms_per_batch`` is wall time per batch with every worker busy.
-    ``backend`` + ``dtype``: what the server chose (its /v1/models ``runtime``)."""
+    ``backend`` + ``dtype``: what the server chose (its /v1/models ``runtime``).
+    ``length_factor``: the server pads a batch to its longest sequence, not to the bucket
+    (``serving.engine.batcher.Batch.length``); its counters give the padded tokens in all
+    but not per bucket, so each bucket is timed at ``bucket x length_factor`` tokens
+    (padded tokens / sum of bucket x sequences), the same shrink for every bucket."""
     from serving.config import Settings
     from serving.model.cpu_layout import apply_cpu_layout
     from serving.model.load import load_model
@@ -49,8 +54,9 @@ def isolated_core_seconds(
     total, rows = 0.0, []
     for bucket, (batches, sequences) in sorted((int(b), v) for b, v in per_bucket.items()):
         size = max(1, round(sequences / batches))
-        ids = torch.randint(1000, vocab, (size, bucket), generator=gen)
-        mask = torch.ones(size, bucket, dtype=torch.long)
+        length = max(1, min(bucket, round(bucket * length_factor)))
+        ids = torch.randint(1000, vocab, (size, length), generator=gen)
+        mask = torch.ones(size, length, dtype=torch.long)
 
         def forward(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> object:
             with torch.inference_mode():
@@ -62,6 +68,7 @@ def isolated_core_seconds(
         rows.append(
             {
                 "bucket": bucket,
+                "length": length,
                 "batches": int(batches),
                 "batch_size": size,
                 "ms_per_batch": round(seconds * 1e3, 2),

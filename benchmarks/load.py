@@ -228,7 +228,11 @@ def replay_best_point(
     server = best["server"]
     if not server.get("per_bucket") or not server.get("wall_s"):
         return {"error": "the server exposed no per-bucket batch counters"}
-    core = isolated_core_seconds(model_dir, dtype, server["per_bucket"], backend=backend)
+    full = sum(int(b) * seqs for b, (_, seqs) in server["per_bucket"].items())
+    factor = server["padded_tokens"] / full if server.get("padded_tokens") and full else 1.0
+    core = isolated_core_seconds(
+        model_dir, dtype, server["per_bucket"], backend=backend, length_factor=min(1.0, factor)
+    )
     ratio = core["core_seconds"] / server["wall_s"]
     return {
         "concurrency": best["concurrency"],

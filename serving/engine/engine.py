@@ -368,7 +368,7 @@ class Engine:
         infer_s: float | None = None
         try:
             out, took_s = await loop.run_in_executor(
-                self._core_pool, self._timed_forward, [s.ids for s in batch.items], batch.bucket
+                self._core_pool, self._timed_forward, [s.ids for s in batch.items], batch.length
             )
             infer_s = took_s
             self.batcher.complete(
@@ -389,17 +389,17 @@ class Engine:
             self.batcher.done(batch, infer_s)
             slots.release()
 
-    def _timed_forward(self, seqs: list[list[int]], bucket: int) -> tuple[np.ndarray, float]:
+    def _timed_forward(self, seqs: list[list[int]], length: int) -> tuple[np.ndarray, float]:
         """Core thread: ``forward`` and its duration, timed here so that the time a batch
         waits for a core thread (the batch cut ahead) is not counted as model time."""
         t0 = time.perf_counter()
-        out = self.forward(seqs, bucket)
+        out = self.forward(seqs, length)
         return out, time.perf_counter() - t0
 
-    def forward(self, seqs: list[list[int]], bucket: int) -> np.ndarray:
-        """The core: pad ``seqs`` to ``bucket`` tokens, run the model, return (n, L) fp32 head
+    def forward(self, seqs: list[list[int]], length: int) -> np.ndarray:
+        """The core: pad ``seqs`` to ``length`` tokens, run the model, return (n, L) fp32 head
         scores. Runs on a core thread; benchmarks and tests may call it directly."""
-        ids, mask = pad_batch(seqs, bucket, self.tokenizer.pad_id)
+        ids, mask = pad_batch(seqs, length, self.tokenizer.pad_id)
         dev = self.loaded.device
         with torch.inference_mode():
             scores = self.loaded.model(

@@ -39,7 +39,8 @@ async def test_budget_counts_padding_and_cuts_full_batch_without_waiting():
     b.submit([seq(3, 16) for _ in range(5)], deadline())
     batch = await asyncio.wait_for(b.next_batch(), 5)  # full: no 60 s wait
     assert len(batch.items) == 4
-    assert batch.padded_tokens == 64 <= b.max_batch_tokens
+    assert batch.bucket * len(batch.items) == 64 <= b.max_batch_tokens  # the budget: buckets
+    assert batch.padded_tokens == 32  # run padded to the longest (3 -> 8), not to 16
     assert batch.real_tokens == 12
     assert b.queued_sequences == 1 and b.queued_tokens == 16
 
@@ -193,3 +194,25 @@ async def test_cancelled_request_gives_its_share_back():
     b._prune(loop.time())
     assert b.queued_requests == 0 and b.queued_tokens == 0
     b.submit([seq(3, 16) for _ in range(20)], loop.time() + 30.0)  # admitted now
+
+
+def test_a_batch_is_padded_to_its_longest_sequence_in_multiples_of_8_within_its_bucket() -> None:
+    from serving.engine.batcher import Batch, QueuedSequence
+
+    async def main() -> list[tuple[int, int]]:
+        fut = asyncio.get_running_loop().create_future()
+
+        def batch(bucket: int, lengths: list[int]) -> Batch:
+            items = [QueuedSequence([1] * n, bucket, 1e9, fut) for n in lengths]
+            return Batch(bucket, items, 0.0)
+
+        out = [(b.length, b.padded_tokens) for b in (
+            batch(128, [65, 70, 73]),  # longest 73 -> 80, not 128
+            batch(128, [120, 127]),  # 127 -> 128 (never beyond the bucket)
+            batch(64, [40]),  # exactly a multiple of 8
+            batch(16, [3, 9]),
+        )]  # fmt: skip
+        fut.cancel()
+        return out
+
+    assert asyncio.run(main()) == [(80, 240), (128, 256), (40, 40), (16, 32)]
