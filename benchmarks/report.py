@@ -41,6 +41,35 @@ def plot(results: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     servers = {k: v for k, v in results["servers"].items() if v.get("sweep")}
+    paths: list[Path] = []
+    if any(s["sweep"]["open_loop"] for s in servers.values()):  # none with --rate-fractions ""
+        paths.append(_latency_plot(results, servers, out_dir / f"latency-vs-load-{stamp}.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, s in servers.items():
+        pts = s["sweep"]["closed_loop"]
+        ax.plot([p["concurrency"] for p in pts], [p["inputs_per_s"] for p in pts], "o-", label=name)
+    ax.set(
+        xscale="log",
+        xlabel="concurrent clients (closed loop)",
+        ylabel="inputs/s",
+        title=_title(results),
+    )
+    ticks = list(results["config"]["concurrency"])
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.legend(fontsize=8)
+    paths.append(out_dir / f"throughput-vs-concurrency-{stamp}.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def _latency_plot(results: dict[str, Any], servers: dict[str, Any], path: Path) -> Path:
+    """p50/p99 latency vs offered rate (open loop), log-log, with the SLO line."""
+    import matplotlib.pyplot as plt
+
     slo = results["config"]["slo_p99_ms"]
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, s in servers.items():
@@ -66,30 +95,10 @@ def plot(results: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
         title=_title(results),
     )
     ax.legend(fontsize=7, ncol=2)
-    paths = [out_dir / f"latency-vs-load-{stamp}.png"]
     fig.tight_layout()
-    fig.savefig(paths[0], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, s in servers.items():
-        pts = s["sweep"]["closed_loop"]
-        ax.plot([p["concurrency"] for p in pts], [p["inputs_per_s"] for p in pts], "o-", label=name)
-    ax.set(
-        xscale="log",
-        xlabel="concurrent clients (closed loop)",
-        ylabel="inputs/s",
-        title=_title(results),
-    )
-    ticks = list(results["config"]["concurrency"])
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.minorticks_off()
-    ax.legend(fontsize=8)
-    paths.append(out_dir / f"throughput-vs-concurrency-{stamp}.png")
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
-    return paths
+    return path
 
 
 def _title(results: dict[str, Any]) -> str:
