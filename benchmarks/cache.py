@@ -44,11 +44,6 @@ MIN_CHARS, MAX_CHARS = 50, 600
 ON_BYTES = str(64 * 2**20)
 
 
-def texts_for(seed: int, n: int) -> list[str]:
-    """``n`` distinct single texts of 50-600 characters for ``seed``."""
-    return single_texts(n, seed, MIN_CHARS, MAX_CHARS)
-
-
 async def closed_loop(
     base: str, texts: list[str], dup_rate: float, clients: int, seconds: float, seed: int
 ) -> dict[str, Any]:
@@ -111,7 +106,7 @@ def run(
         for r in range(rounds):
             for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
                 seed += 1
-                texts = texts_for(seed, int(seconds * 300) + 1000)
+                texts = single_texts(int(seconds * 300) + 1000, seed, MIN_CHARS, MAX_CHARS)
                 hits0 = hit_count(bases[mode])
                 res = asyncio.run(closed_loop(bases[mode], texts, rate, clients, seconds, seed))
                 res.update(dup_rate=rate, cache=mode, round=r,
