@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ def meet_false_flag_budget(
     benign_scores: np.ndarray,
     budget: float,
     ceiling: float = 0.99,
+    movable: Collection[str] | None = None,
 ) -> dict[str, float]:
     """``thresholds`` raised until at most ``budget`` of ``benign_scores`` rows are flagged
     (any category), losing as few ``positive_scores`` rows as it can. Arrays are served
@@ -97,10 +98,11 @@ def meet_false_flag_budget(
     parent. Greedy: each step moves one head just past one of the next benign scores it
     flags, the move that removes the most benign flags per positive unflagged; when no
     single move removes a flag (rows flagged by several heads), the head flagging the most
-    benign rows moves first."""
+    benign rows moves first. ``movable``: the heads it may move (default: all); the others
+    keep their thresholds, and their flags count against the budget."""
     served = cfg.served_categories
     col = {w: j for j, w in enumerate(served)}
-    heads = [w for w in cfg.labels if w in col]
+    heads = [w for w in cfg.labels if w in col and (movable is None or w in movable)]
     family = {w: [col[w]] + [col[c] for c, r in cfg.derived.items() if r.parent == w]
               for w in heads}  # fmt: skip
     out = dict(thresholds)

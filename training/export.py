@@ -52,7 +52,7 @@ from serving.model.quantize import (
     save_smoothing,
     smoothing_factors,
 )
-from serving.model.repo_config import ModelConfig, save_model_config
+from serving.model.repo_config import ModelConfig, load_model_config, save_model_config
 from training import benign_idioms
 from training import data as D
 from training import dilution as DL
@@ -181,8 +181,15 @@ def ship(
         score_heads(loaded.model, loaded.tokenizer, loaded.cfg, texts), texts, loaded.cfg
     )
     cfg = calibrate_arrays(model_dir, y, m, s32, **(calib_kw or {}))
+    args_file = run_dir / "train_args.json"
+    train_args = json.loads(args_file.read_text()) if args_file.is_file() else {}
+    trained = train_args.get("train_heads") or None  # None: every head was trained
+    if trained:
+        cfg = keep_frozen_thresholds(cfg, Path(train_args["init_from"]), trained)
+        save_model_config(cfg, model_dir)
     if false_flag_budget is not None:
-        cfg = budget_thresholds(loaded, cfg, val, s32[(y * m).max(axis=1) > 0], false_flag_budget)
+        positives = s32[(y * m).max(axis=1) > 0]
+        cfg = budget_thresholds(loaded, cfg, val, positives, false_flag_budget, trained)
         save_model_config(cfg, model_dir)
     loaded = dataclasses.replace(loaded, cfg=cfg)  # flags below (dilution) at these thresholds
     rep32 = report(cfg, y, m, s32)
@@ -362,16 +369,32 @@ KEEP_VERSIONS = 2  # version folders kept in model_repo/<name> (the served one +
 CALIBRATION_SEED = 1  # composites for thresholds; the dilution evaluation uses seed 0
 
 
+def keep_frozen_thresholds(cfg: ModelConfig, start: Path, trained: list[str]) -> ModelConfig:
+    """``cfg`` with every head not in ``trained`` (and its derived categories) at the
+    threshold of the model the run started from (``train.py --train-heads``): a frozen head
+    scores exactly as before, so it keeps the threshold users already tuned against."""
+    before = load_model_config(start).thresholds
+    thresholds = dict(cfg.thresholds)
+    for w in cfg.served_categories:
+        head = cfg.derived[w].parent if w in cfg.derived else w
+        if head not in trained and w in before:
+            thresholds[w] = before[w]
+    log.info("frozen heads keep the thresholds of %s", start)
+    return cfg.model_copy(update={"thresholds": thresholds})
+
+
 def budget_thresholds(
     loaded: LoadedModel,
     cfg: ModelConfig,
     val: list[D.Example],
     positive_rows: np.ndarray,
     budget: float,
+    movable: list[str] | None = None,
 ) -> ModelConfig:
     """``cfg`` with thresholds raised until at most ``budget`` of benign-only composites of
     validation rows (``CALIBRATION_SEED``) are flagged (``calibrate.meet_false_flag_budget``),
-    giving up as few positives (validation positives alone and inside composites) as it can."""
+    giving up as few positives (validation positives alone and inside composites) as it can.
+    ``movable``: the heads it may raise (default: all)."""
     dset = DL.build_set(val, cfg.served_categories, loaded.tokenizer, seed=CALIBRATION_SEED)
     log.info("false-flag budget %.3f: scoring %d calibration composites", budget, len(dset.texts))
     scores = served_scores(
@@ -380,7 +403,7 @@ def budget_thresholds(
     benign = dset.target_id < 0
     thresholds = meet_false_flag_budget(
         cfg, dict(cfg.thresholds), np.concatenate([positive_rows, scores[~benign]]),
-        scores[benign], budget,
+        scores[benign], budget, movable=movable,
     )  # fmt: skip
     log.info("thresholds within the false-flag budget: %s", thresholds)
     return cfg.model_copy(update={"thresholds": thresholds})

@@ -100,6 +100,37 @@ def _train_command(args: dict) -> str:
     return "python -m training.train " + " ".join(shlex.quote(p) for p in parts)
 
 
+def _procedure_lead(args: dict) -> str:
+    """What was trained: everything, or only the ``--train-heads`` heads."""
+    trained = args.get("train_heads") or []
+    if not trained:
+        return (
+            "**Full fine-tuning** of all encoder layers plus the new linear head (nothing frozen)"
+        )
+    return (
+        f"**Heads only** (`--train-heads`): the heads for {_ticks(trained)} were trained; the "
+        "encoder and every other head are the starting model's weights, unchanged (their "
+        "scores are bit-identical to it; see that version's card for how they were trained). "
+        "Only rows that know a trained category were sampled, the encoder ran forward-only"
+    )
+
+
+def _frozen_note(args: dict) -> str:
+    """Frozen heads keep the starting model's thresholds (``export.keep_frozen_thresholds``)."""
+    trained = args.get("train_heads") or []
+    if not trained:
+        return ""
+    return (
+        "Heads not trained in this run keep the starting model's thresholds "
+        f"(`{args.get('init_from')}`, hand edits included); only {_ticks(trained)} were "
+        "calibrated here. "
+    )
+
+
+def _ticks(names: list[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
 def _start(args: dict) -> str:
     """Where the weights started and the step precision, for the procedure's first line."""
     out = ""
@@ -350,8 +381,7 @@ Derived (no head): {", ".join(f"`{w}`" for w in cfg.derived) or "none"}.
 
 ## Training procedure
 
-**Full fine-tuning** of all encoder layers plus the new linear head (nothing frozen), on
-a 2-core CPU, with a wall-clock budget{_start(args)}.
+{_procedure_lead(args)}, on a 2-core CPU, with a wall-clock budget{_start(args)}.
 
 * Loss: BCE-with-logits with a per-element mask (unknown labels contribute nothing),
   `pos_weight = clip(sqrt(neg/pos), 1, {args.get("pos_weight_max")})` per category.
@@ -418,7 +448,8 @@ lower is better): {
 
 Per trained head: the F1-maximising threshold on the validation split, clamped to
 [0.2, 0.8]; 0.5 if a category has < 30 validation positives. Derived categories use
-their parent's threshold. {_budget_note(out)}Edit `thresholds` in `config.yaml` to tune.
+their parent's threshold. {_frozen_note(args)}{_budget_note(out)}Edit `thresholds` in
+`config.yaml` to tune.
 
 ## Derived categories (rules)
 

@@ -61,6 +61,10 @@ class ModerationModel(nn.Module):
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, C) fp32 logits; used by training (BCE on logits)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head_logits(hidden, attention_mask)
+
+    def head_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) token states -> (B, C) fp32 logits (the torch reference head)."""
         head = self.classifier
         return head_logits_reference(
             hidden, attention_mask, head.weight, head.bias, self.cfg.pooling, head.query

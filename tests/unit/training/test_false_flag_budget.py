@@ -36,3 +36,22 @@ def test_a_budget_already_met_changes_nothing():
     start = dict.fromkeys(served, 0.5)
     benign = np.zeros((10, len(served)), dtype=np.float32)
     assert meet_false_flag_budget(cfg, start, benign + 0.9, benign, budget=0.0) == start
+
+
+def test_only_movable_heads_are_raised_and_the_frozen_ones_flags_still_count():
+    cfg = default_model_config()
+    served = cfg.served_categories
+    col = {w: j for j, w in enumerate(served)}
+    rng = np.random.default_rng(1)
+    benign = rng.uniform(0.0, 0.3, (400, len(served))).astype(np.float32)
+    benign[:4, col["hate"]] = 0.9  # 1 % flagged by a frozen head: counts, cannot move
+    benign[4:40, col["illicit"]] = rng.uniform(0.5, 0.7, 36)  # 9 % by the trained head
+    positives = np.zeros((10, len(served)), dtype=np.float32)
+    positives[:, col["illicit"]] = 0.95
+    start = dict.fromkeys(served, 0.5)
+    out = meet_false_flag_budget(cfg, start, positives, benign, budget=0.015, movable=["illicit"])
+
+    assert out["hate"] == 0.5  # frozen
+    assert 0.6 < out["illicit"] < 0.95
+    flagged = (benign >= np.array([out[w] for w in served])).any(axis=1).mean()
+    assert 0.01 <= flagged <= 0.015
