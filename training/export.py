@@ -278,7 +278,9 @@ def ship(
     )
     out["dilution"] = dilution_against_shipped(loaded, val, shipped)
     out["benign_idioms"] = idioms_against_shipped(loaded, shipped)
-    out["promotion"] = promotion_decision(out["dilution"], allow_dilution_regression)
+    out["promotion"] = promotion_decision(
+        out["dilution"], allow_dilution_regression, silent_heads(cfg, rep32)
+    )
     (model_dir / "eval_validation.json").write_text(json.dumps(M.json_safe(out), indent=1))
     print(format_table(rep32))
     print("int8 gate:", gate)
@@ -442,10 +444,28 @@ def idioms_against_shipped(loaded: LoadedModel, shipped: LoadedModel | None) -> 
 MAX_FALSE_FLAG_RISE = 0.01  # benign composites flagged: at most this much more than shipped
 
 
-def promotion_decision(dilution: dict, allow_regression: bool) -> dict:
-    """Promote unless the candidate catches less diluted harm than the shipped model, or
-    buys its recall with false flags (benign composites flagged more than
-    ``MAX_FALSE_FLAG_RISE`` above the shipped model's rate)."""
+def silent_heads(cfg: ModelConfig, rep: dict) -> list[str]:
+    """Trained heads that flag none of their validation positives at their threshold (e.g.
+    a thin head whose false-flag budget pushed it to 0.97): served, such a head answers
+    ``false`` for everything while no longer being named in ``unscored_categories``."""
+    cats = rep["per_category"]
+    return [
+        w for w in cfg.labels if w in cats and cats[w]["positives"] > 0 and not cats[w]["f1"] > 0
+    ]
+
+
+def promotion_decision(
+    dilution: dict, allow_regression: bool, silent: list[str] | None = None
+) -> dict:
+    """Promote unless a trained head flags none of its validation positives (``silent``,
+    :func:`silent_heads`; never overridden), the candidate catches less diluted harm than
+    the shipped model, or it buys its recall with false flags (benign composites flagged
+    more than ``MAX_FALSE_FLAG_RISE`` above the shipped model's rate)."""
+    if silent:
+        return {
+            "promoted": False,
+            "reason": f"heads {silent} flag none of their validation positives at their thresholds",
+        }
     cand, shipped = dilution.get("candidate"), dilution.get("shipped")
     if cand is None or shipped is None:
         return {"promoted": True, "reason": "no shipped model to compare dilution with"}

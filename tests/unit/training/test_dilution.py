@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 from serving.model.load import packaged_encoder_dir
 from training import dilution as DL
 from training.data import Example
-from training.export import promote, promotion_decision
+from training.defaults import default_model_config
+from training.export import promote, promotion_decision, silent_heads
 
 LABELS = ["hate", "violence"]
 THREATS = ["I am going to kill you tonight.", "I will stab you.", "You will die screaming."]
@@ -90,6 +91,18 @@ def test_promotion_refuses_a_model_that_catches_less_diluted_harm(tmp_path: Path
     assert not flagging["promoted"] and "false flags" in flagging["reason"]
     assert promotion_decision(dil(0.88, 0.37, ff=0.025, ff_shipped=0.018), False)["promoted"]
     assert promotion_decision({"skipped": "no context"}, False)["promoted"]
+    # a head that catches none of its validation positives is never promoted
+    silent = promotion_decision(dil(0.9, 0.6), True, ["illicit"])
+    assert not silent["promoted"] and "illicit" in silent["reason"]
+
+
+def test_a_head_with_positives_but_no_flagged_one_is_silent():
+    cfg = default_model_config()
+    cats = {w: {"positives": 10, "f1": 0.8} for w in cfg.served_categories}
+    cats["illicit"] = {"positives": 7, "f1": 0.0}  # threshold above every positive
+    cats["illicit/violent"] = {"positives": 0, "f1": float("nan")}  # nothing to catch
+    cats["sexual/minors"] = {"positives": 3, "f1": 0.0}  # derived: no head of its own
+    assert silent_heads(cfg, {"per_category": cats}) == ["illicit"]
 
 
 def test_promote_copies_the_version_and_keeps_two(tmp_path: Path):
