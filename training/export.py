@@ -278,8 +278,11 @@ def ship(
     )
     out["dilution"] = dilution_against_shipped(loaded, val, shipped)
     out["benign_idioms"] = idioms_against_shipped(loaded, shipped)
+    silent = silent_heads(cfg, rep32)
+    if silent and shipped is None:  # a first model (or a toy: the quickstart) still ships
+        log.warning("heads %s flag none of their validation positives", silent)
     out["promotion"] = promotion_decision(
-        out["dilution"], allow_dilution_regression, silent_heads(cfg, rep32)
+        out["dilution"], allow_dilution_regression, silent if shipped is not None else []
     )
     (model_dir / "eval_validation.json").write_text(json.dumps(M.json_safe(out), indent=1))
     print(format_table(rep32))
@@ -458,7 +461,8 @@ def promotion_decision(
     dilution: dict, allow_regression: bool, silent: list[str] | None = None
 ) -> dict:
     """Promote unless a trained head flags none of its validation positives (``silent``,
-    :func:`silent_heads`; never overridden), the candidate catches less diluted harm than
+    :func:`silent_heads`, checked when a shipped model would be replaced; never
+    overridden), the candidate catches less diluted harm than
     the shipped model, or it buys its recall with false flags (benign composites flagged
     more than ``MAX_FALSE_FLAG_RISE`` above the shipped model's rate)."""
     if silent:

@@ -30,8 +30,8 @@ Run ``python -m training.train --help``. Knobs and how to tune them:
 * ``--train-heads CAT ...`` (with ``--init-from``): train only these categories' heads
   (a new category, e.g. ``illicit``, starts at zero); the encoder and every other head stay
   bit-identical to the starting model, so nothing it already scores moves. Only rows that
-  know a trained category are sampled, and the encoder runs forward-only (in eval mode),
-  about 3x faster per step than full fine-tuning.
+  know a trained category are sampled, and the encoder runs forward-only (in eval mode;
+  1.4 s per step on 2 cores, full fine-tuning 2.3 s under ``--bf16``).
 * ``--eval-every-minutes`` / ``--val-rows`` / ``--patience``: periodic masked validation
   (mean per-category AUPRC and flagged AUPRC); the best checkpoint is kept in
   ``<run-dir>/best.pt``; training stops after ``patience`` evaluations without gain.
@@ -790,7 +790,7 @@ def run(args: TrainArgs) -> Path:
     enc_dir = Path(args.encoder_dir) if args.encoder_dir else packaged_encoder_dir()
     train, val_sub, sw = load_data(args)
     if args.train_heads:
-        if not (args.init_from or args.resume):
+        if not args.init_from:  # also on --resume: the export takes frozen thresholds from it
             raise ValueError("--train-heads needs --init-from (the model whose heads it keeps)")
         train = rows_for_heads(train, args.labels, args.train_heads)
         log.info("--train-heads: %d training rows know one of %s", len(train), args.train_heads)

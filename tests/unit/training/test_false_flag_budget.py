@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from serving.model.repo_config import ModelConfig
 from training.calibrate import meet_false_flag_budget
 from training.defaults import default_model_config
 
 
-def test_the_head_that_flags_benign_text_is_raised_and_the_budget_is_met():
+def _low_benign_scores(
+    seed: int,
+) -> tuple[ModelConfig, dict[str, int], np.random.Generator, np.ndarray]:
+    """The default config, its column per served category, a generator, and 400 benign rows
+    scoring 0-0.3 everywhere (no flags at 0.5)."""
     cfg = default_model_config()
+    col = {w: j for j, w in enumerate(cfg.served_categories)}
+    rng = np.random.default_rng(seed)
+    return cfg, col, rng, rng.uniform(0.0, 0.3, (400, len(col))).astype(np.float32)
+
+
+def test_the_head_that_flags_benign_text_is_raised_and_the_budget_is_met():
+    cfg, col, rng, benign = _low_benign_scores(0)
     served = cfg.served_categories
-    col = {w: j for j, w in enumerate(served)}
-    rng = np.random.default_rng(0)
-    benign = rng.uniform(0.0, 0.3, (400, len(served))).astype(np.float32)
     benign[:40, col["hate"]] = rng.uniform(0.5, 0.7, 40)  # 10 % flagged by hate at 0.5
     benign[:40, col["hate/threatening"]] = 0.0
     positives = rng.uniform(0.0, 0.3, (100, len(served))).astype(np.float32)
@@ -39,11 +48,8 @@ def test_a_budget_already_met_changes_nothing():
 
 
 def test_only_movable_heads_are_raised_and_the_frozen_ones_flags_still_count():
-    cfg = default_model_config()
+    cfg, col, rng, benign = _low_benign_scores(1)
     served = cfg.served_categories
-    col = {w: j for j, w in enumerate(served)}
-    rng = np.random.default_rng(1)
-    benign = rng.uniform(0.0, 0.3, (400, len(served))).astype(np.float32)
     benign[:4, col["hate"]] = 0.9  # 1 % flagged by a frozen head: counts, cannot move
     benign[4:40, col["illicit"]] = rng.uniform(0.5, 0.7, 36)  # 9 % by the trained head
     positives = np.zeros((10, len(served)), dtype=np.float32)
