@@ -148,6 +148,32 @@ def cross_category_flag_rate(
     return out
 
 
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """What the run dir says about the run, for ``eval_validation.json`` and the card: its
+    ``done``, ``train_args`` and ``source_weights`` files, notes, and validation history."""
+    run_info: dict[str, Any] = {}
+    for name in ("done.json", "train_args.json", "source_weights.json"):
+        p = run_dir / name
+        if p.is_file():
+            run_info[name.removesuffix(".json")] = json.loads(p.read_text())
+    for key in ("notes", "known_issues"):
+        if (run_dir / f"{key}.md").is_file():
+            run_info[key] = (run_dir / f"{key}.md").read_text().strip()
+    hist = run_dir / "history.json"
+    if hist.is_file():
+        run_info["val_history"] = [
+            {
+                "step": h["step"],
+                "minutes": round(h["minutes"], 1),
+                "flagged_auprc": h["flagged_auprc"],
+                "mean_auprc": h["mean_auprc"],
+                "score": h["score"],
+            }
+            for h in json.loads(hist.read_text())
+        ]
+    return run_info
+
+
 def ship(
     run_dir: str | Path,
     model_repo: str | Path,
@@ -181,8 +207,8 @@ def ship(
         score_heads(loaded.model, loaded.tokenizer, loaded.cfg, texts), texts, loaded.cfg
     )
     cfg = calibrate_arrays(model_dir, y, m, s32, **(calib_kw or {}))
-    args_file = run_dir / "train_args.json"
-    train_args = json.loads(args_file.read_text()) if args_file.is_file() else {}
+    run_info = run_record(run_dir)
+    train_args = run_info.get("train_args", {})
     trained = train_args.get("train_heads") or None  # None: every head was trained
     if trained:
         cfg = keep_frozen_thresholds(cfg, Path(train_args["init_from"]), trained)
@@ -230,26 +256,6 @@ def ship(
     save_model_config(cfg, model_dir)
 
     bleed = cross_category_flag_rate(cfg, val, m, s32)
-    run_info = {}
-    for name in ("done.json", "train_args.json", "source_weights.json"):
-        p = run_dir / name
-        if p.is_file():
-            run_info[name.removesuffix(".json")] = json.loads(p.read_text())
-    for key in ("notes", "known_issues"):
-        if (run_dir / f"{key}.md").is_file():
-            run_info[key] = (run_dir / f"{key}.md").read_text().strip()
-    hist = run_dir / "history.json"
-    if hist.is_file():
-        run_info["val_history"] = [
-            {
-                "step": h["step"],
-                "minutes": round(h["minutes"], 1),
-                "flagged_auprc": h["flagged_auprc"],
-                "mean_auprc": h["mean_auprc"],
-                "score": h["score"],
-            }
-            for h in json.loads(hist.read_text())
-        ]
     source_counts: dict[str, int] = {}
     for e in val:
         source_counts[e.source] = source_counts.get(e.source, 0) + 1
