@@ -3,8 +3,8 @@
 Accepts either a model_repo folder (``config.yaml`` + ``<version>/``) or a bare HF
 encoder folder (``config.json`` + weights, e.g. the packaged all-MiniLM-L6-v2). A bare
 encoder gets a random-init head over all categories, written once to a temp model_repo
-folder: fine for speed, meaningless for accuracy. ``int8`` is allowed here even when the
-model's ``int8_ok`` is false, because the accuracy gate is what decides that flag.
+folder: fine for speed, meaningless for accuracy. ``int8`` and ``bfloat16`` are allowed here
+even when the model's ``int8_ok`` / ``bf16_ok`` is false: the accuracy gate decides those.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def _repo_from_encoder(encoder_dir: Path, max_length_tokens: int) -> Path:
         chunk_stride_tokens=32,
         int8_ok=True,
         onnx_int8_ok=True,
+        bf16_ok=True,
     )
     torch.manual_seed(0)
     model = build_model(encoder_dir, cfg)
@@ -66,20 +67,21 @@ def _repo_from_encoder(encoder_dir: Path, max_length_tokens: int) -> Path:
     return model_dir
 
 
-def _int8_allowed(model_dir: Path) -> Path:
-    """Same weights (symlinked version folder) with both int8 gates marked passed, for
-    measuring int8 speed; on a CPU without VNNI the ONNX graph gets 7-bit weights (the same
-    speed, and exact there: ``serving.model.onnx_export.SATURATION``)."""
+def _gates_passed(model_dir: Path) -> Path:
+    """Same weights (symlinked version folder) with the int8 and bfloat16 gates marked
+    passed, for measuring their speed; on a CPU without VNNI the ONNX graph gets 7-bit weights
+    (the same speed, and exact there: ``serving.model.onnx_export.SATURATION``)."""
     cfg = load_model_config(model_dir)
     bits = 8 if exact_u8s8_gemm() else 7
-    if cfg.int8_ok and cfg.onnx_int8_ok and (cfg.onnx_int8_weight_bits == 7 or bits == 8):
+    passed = cfg.int8_ok and cfg.onnx_int8_ok and cfg.bf16_ok
+    if passed and (cfg.onnx_int8_weight_bits == 7 or bits == 8):
         return model_dir
-    alias = _tmp() / f"{cfg.name}-int8-w{bits}"
+    alias = _tmp() / f"{cfg.name}-gated-w{bits}"
     if not alias.is_dir():
         alias.mkdir(parents=True)
         (alias / cfg.version).symlink_to(cfg.version_dir(model_dir).resolve())
         raw = yaml.safe_load((model_dir / CONFIG_FILE).read_text())
-        raw["int8_ok"] = raw["onnx_int8_ok"] = True
+        raw["int8_ok"] = raw["onnx_int8_ok"] = raw["bf16_ok"] = True
         raw["onnx_int8_weight_bits"] = min(bits, int(raw.get("onnx_int8_weight_bits", 8)))
         (alias / CONFIG_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     return alias
@@ -99,8 +101,8 @@ def load_for_bench(
     """
     if not is_model_repo_dir(model_dir):
         model_dir = _repo_from_encoder(model_dir, max_length_tokens)
-    if precision == "int8":
-        model_dir = _int8_allowed(model_dir)
+    if precision in ("int8", "bfloat16") and device == "cpu":
+        model_dir = _gates_passed(model_dir)
     return load_model(model_dir, device=device, dtype=precision, backend=backend)
 
 

@@ -2,6 +2,7 @@
 
     python -m benchmarks.model_core --quick                      # CPU smoke run, ~1 min
     python -m benchmarks.model_core                              # CPU: torch and ORT, fp32+int8
+                                                                 # (+ torch bf16: AVX512-BF16)
     python -m benchmarks.model_core --device cuda                # GPU: float16, bfloat16 (+ fp32)
     python -m benchmarks.model_core --model-dir model_repo/modserve-moderation-minilm
 
@@ -46,10 +47,12 @@ from transformers import AutoModelForSequenceClassification, PretrainedConfig
 from benchmarks._models import load_for_bench, version_dir
 from benchmarks.probes import cpu_model
 from benchmarks.report import save_json_and_plot
+from serving.model.cpu_isa import cpu_isa, has_native_bf16
 from serving.model.load import packaged_encoder_dir
 from serving.model.onnx_runtime import available as ort_available
 
 RESULTS_DIR = Path(__file__).parent / "results"
+# CPU: bfloat16 too where the CPU multiplies it in hardware (elsewhere it is emulated)
 DEFAULT_PRECISIONS = {"cpu": "float32,int8", "cuda": "float16,bfloat16"}
 DEFAULT_HF_PRECISIONS = {"cpu": "float32", "cuda": "float32,float16"}
 HEADLINE = (32, 64)  # (batch size, tokens): the point the ratio is reported at
@@ -214,6 +217,7 @@ def machine(device: str) -> dict:
     info = {
         "device": device,
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
@@ -338,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         print("--device cuda: no CUDA device is visible to torch", file=sys.stderr)
         return 2
     args.model_dir = args.model_dir or packaged_encoder_dir()
-    args.precisions = args.precisions or DEFAULT_PRECISIONS[args.device]
+    if args.precisions is None:
+        args.precisions = DEFAULT_PRECISIONS[args.device]
+        if args.device == "cpu" and has_native_bf16():
+            args.precisions += ",bfloat16"
     if args.ort_precisions is None:
         args.ort_precisions = "float32,int8" if args.device == "cpu" and ort_available() else ""
     args.hf_precisions = args.hf_precisions or DEFAULT_HF_PRECISIONS[args.device]

@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from serving.model.cpu_isa import cpu_isa
+
 _PROM = {
     "real_tokens": "modserve_tokens_real_total",
     "padded_tokens": "modserve_tokens_padded_total",
@@ -168,24 +170,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
-             "amx_tile", "amx_int8", "amx_bf16")  # fmt: skip  # what decides CPU kernels
-
-
-def cpu_isa() -> list[str]:
-    """The ISA extensions of this CPU that decide which kernels are fast (from
-    /proc/cpuinfo ``flags``; empty where that is not readable)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [x for x in ISA_FLAGS if x in have]
-    except OSError:
-        pass
-    return []
 
 
 def machine_info() -> dict[str, Any]:

@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N. auto picks CUDA if any.")
     dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = Field(
         "auto",
-        description="auto = float16 on CUDA; on CPU the fastest of float32 and gated int8 "
-        "(see MODSERVE_BACKEND). int8 only if the model passed its accuracy gate.",
+        description="auto = float16 on CUDA; on CPU the fastest of float32, gated int8 and "
+        "gated bfloat16 (on CPUs with AVX512-BF16 / AMX-BF16; see MODSERVE_BACKEND). int8 and "
+        "bfloat16 only if the model passed its accuracy gate in them.",
     )
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto",

@@ -15,7 +15,8 @@ shipping pipeline:
    what ``load_model(dtype="int8")`` serves): ``int8_ok`` only if no category and not
    the flagged AUPRC loses more than ``--int8-auprc-drop`` (0.005) against fp32, the flags
    agree on >= 99.5 % of rows and >= 99.8 % of (row, category) pairs, and the 99.9th
-   percentile score move is <= 0.05;
+   percentile score move is <= 0.05; the same gate for the ONNX Runtime int8 graph
+   (``onnx_int8_ok``) and for bfloat16 on CPU (``bf16_ok``, score-move limit 0.03);
 5. dilution (``training.dilution``): the candidate and the model ``model_repo`` serves now,
    on the same composites built from the validation split;
 6. write ``eval_validation.json`` and the model card ``README.md``.
@@ -44,7 +45,13 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from serving.model.load import LoadedModel, ModerationModel, load_model, save_weights
+from serving.model.load import (
+    LoadedModel,
+    ModerationModel,
+    cast_encoder,
+    load_model,
+    save_weights,
+)
 from serving.model.quantize import (
     int8_sensitivity,
     load_smoothing,
@@ -98,11 +105,13 @@ def int8_gate(
     fp32_rep: dict,
     int8_rep: dict,
     limits: GateLimits = LIMITS["int8"],
+    ok_key: str = "int8_ok",
 ) -> dict:
     """``training.gate.compare`` on served scores and flags, plus the flagged AUPRC drop.
 
-    ``int8_ok`` only if the gate passes and the flagged (any known category) AUPRC drops by
-    no more than ``limits.max_auprc_drop`` too.
+    ``int8`` is any candidate precision's scores. ``ok_key`` (``int8_ok``, ``bf16_ok``) is
+    true only if the gate passes and the flagged (any known category) AUPRC drops by no more
+    than ``limits.max_auprc_drop`` too.
     """
     served = cfg.served_categories
     res = compare(labels, mask, fp32, int8, served, [cfg.threshold(w) for w in served], limits)
@@ -124,7 +133,7 @@ def int8_gate(
             for k in ("p999_abs_score_diff", "p99_abs_score_diff", "max_abs_score_diff")
         },
         "failures": failures,
-        "int8_ok": not failures,
+        ok_key: not failures,
     }
 
 
@@ -253,6 +262,7 @@ def ship(
     cfg.int8_float_layers = gate["float_layers"] if cfg.int8_ok else []
     sensitive = [name for name, _ in plans[gate["smoothing_alpha"]][1]]
     onnx_gate = onnx_int8_gate(model_dir, cfg, loaded, texts, y, m, s32, rep32, limits, sensitive)
+    bf16 = bf16_gate(cfg, loaded, texts, y, m, s32, rep32)
     save_model_config(cfg, model_dir)
 
     bleed = cross_category_flag_rate(cfg, val, m, s32)
@@ -265,6 +275,7 @@ def ship(
         "int8": rep8,
         "int8_gate": gate,
         "onnx_int8_gate": onnx_gate,
+        "bf16_gate": bf16,
         "checkpoint": which,
         "flagged_by_source": by_source,
         "validation_rows_per_source": source_counts,
@@ -304,6 +315,29 @@ def ship(
         log.warning("NOT promoted (%s); the candidate stays in %s",
                     out["promotion"]["reason"], model_dir)  # fmt: skip
     return out
+
+
+def bf16_gate(
+    cfg: ModelConfig,
+    loaded: LoadedModel,
+    texts: list[str],
+    y: np.ndarray,
+    m: np.ndarray,
+    s32: np.ndarray,
+    rep32: dict,
+) -> dict:
+    """The same gate for bfloat16 on CPU (what ``MODSERVE_DTYPE=bfloat16`` serves:
+    ``serving.model.bf16_cpu``), its p99.9 score-move limit ``training.gate.LIMITS``'
+    bfloat16 one; sets ``cfg.bf16_ok``. Runs on any CPU (without AVX512-BF16 / AMX-BF16
+    bfloat16 is emulated: slower, the same numbers)."""
+    model = copy.deepcopy(loaded.moderation_model)
+    cast_encoder(model, "bfloat16", torch.device("cpu"))
+    log.info("scoring %d validation rows (bfloat16)", len(texts))
+    s16 = served_scores(score_heads(model, loaded.tokenizer, cfg, texts), texts, cfg)
+    rep16 = report(cfg, y, m, s16)
+    gate = int8_gate(cfg, y, m, s32, s16, rep32, rep16, limits_for("bfloat16"), "bf16_ok")
+    cfg.bf16_ok = bool(gate["bf16_ok"])
+    return gate
 
 
 ONNX_INT8_PLANS = (0, 2, 4, 8)  # encoder Linears kept float32 (most int8-sensitive first)

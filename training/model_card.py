@@ -333,6 +333,19 @@ def _onnx_int8_section(gate: dict | None) -> str:
     )
 
 
+def bf16_section(gate: dict | None) -> str:
+    """The bfloat16-on-CPU gate (``training.export.bf16_gate``), if run."""
+    if not gate:
+        return "bfloat16 on CPU: not gated (exported before the bfloat16 CPU path)."
+    return (
+        "bfloat16 on CPU (`serving.model.bf16_cpu`: encoder weights and activations in "
+        "bfloat16, oneDNN GEMMs with the bias and GELU fused, float32 accumulation and head; "
+        "what `MODSERVE_DTYPE=bfloat16` serves, offered on CPUs with AVX512-BF16 or AMX-BF16): "
+        f"{_gate_summary(gate)} -> **bf16_ok: {str(gate['bf16_ok']).lower()}**"
+        f"{_gate_failures(gate)}."
+    )
+
+
 def _gate_failures(gate: dict) -> str:
     fails = gate.get("failures") or []
     return " (failed: " + "; ".join(fails) + ")" if fails else ""
@@ -459,7 +472,7 @@ their parent's threshold. {_frozen_note(args)}{_budget_note(out)}Edit `threshold
 Hierarchy: a child's score is capped at its parent's (`min(child, parent)`), in
 `serving.engine.postprocess.PostProcessor`, the same code the server runs.
 
-## int8
+## int8 and bfloat16
 
 W8A8 int8 (`serving.model.quantize`: int8 weights with one scale per output channel, int8
 activations with one scale and zero point per token, SmoothQuant factors measured on 512
@@ -469,6 +482,8 @@ AUPRC change (fp32 - int8): {drops}. {_gate_summary(gate)} ->
 **int8_ok: {str(gate["int8_ok"]).lower()}**{_gate_failures(gate)}.
 
 {_onnx_int8_section(out.get("onnx_int8_gate"))}
+
+{bf16_section(out.get("bf16_gate"))}
 
 {_dilution_section(out.get("dilution", {}), cfg)}
 

@@ -10,8 +10,10 @@ representative batch (32 x 64 tokens, best of 3 interleaved rounds, about
 
 Candidates (CPU): torch float32 (the reference, always); ONNX Runtime float32 (if
 ``onnxruntime`` is installed); ONNX Runtime int8 (if the model's ``onnx_int8_ok``); torch
-int8 only when asked for by name (``MODSERVE_DTYPE=int8``: its compiled kernels take 40-110 s
-to build, too slow for an automatic start). An explicit choice that turns out slower than
+bfloat16 (if the model's ``bf16_ok`` and the CPU has AVX512-BF16 or AMX-BF16:
+``serving.model.bf16_cpu``); torch int8 only when asked for by name
+(``MODSERVE_DTYPE=int8``: its compiled kernels take 40-110 s to build, too slow for an
+automatic start). An explicit choice that turns out slower than
 torch float32 on this CPU still serves, with a warning that names the measured ratio.
 
 CUDA: torch only (float16 by default), no probe. ``MODSERVE_BACKEND_PROBE_S=0`` skips
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 
 from serving.config import Settings
+from serving.model.cpu_isa import has_native_bf16
 from serving.model.load import LoadedModel, load_model
 from serving.model.onnx_export import SATURATION
 from serving.model.onnx_runtime import available as onnxruntime_available
@@ -81,24 +84,42 @@ def candidates(model_dir: Path, settings: Settings) -> list[tuple[str, str]]:
         if settings.backend == "onnxruntime":
             raise ValueError("MODSERVE_BACKEND=onnxruntime but onnxruntime is not installed")
         backends.remove("onnxruntime")
-    dtypes = ["float32", "int8"] if settings.dtype == "auto" else [settings.dtype]
+    dtypes = ["float32", "int8", "bfloat16"] if settings.dtype == "auto" else [settings.dtype]
     explicit = _explicit(settings)
     out = []
     for b in backends:
         for d in dtypes:
-            if explicit or d == "float32":
-                out.append((b, d))  # asked for by name: load_model says if it cannot be
-            elif b == "onnxruntime" and _onnx_int8_usable(cfg):
-                out.append((b, d))
-            elif b == "torch" and settings.dtype == "int8" and cfg.int8_ok:
-                out.append((b, d))  # compiled kernels: 40-110 s of start-up; by name only
+            if explicit or d == "float32" or _gated_here(cfg, settings, b, d):
+                out.append((b, d))  # by name: load_model says if it cannot be
     if not out:
         raise ValueError(
             f"MODSERVE_DTYPE={settings.dtype}: model {cfg.name!r} has no {settings.dtype} "
-            "path that passed its accuracy gate and is exact on this CPU (see config.yaml "
-            "int8_ok / onnx_int8_ok)"
+            "path that passed its accuracy gate and is fast and exact on this CPU (see "
+            "config.yaml int8_ok / onnx_int8_ok / bf16_ok; bfloat16 is offered on CPUs with "
+            "AVX512-BF16 or AMX-BF16)"
         )
     return sorted(out, key=lambda c: c != REFERENCE)
+
+
+def _gated_here(cfg: ModelConfig, settings: Settings, backend: str, dtype: str) -> bool:
+    """A faster path this model passed its gate in and this CPU runs fast and exactly."""
+    if (backend, dtype) == ("onnxruntime", "int8"):
+        return _onnx_int8_usable(cfg)
+    if (backend, dtype) == ("torch", "bfloat16"):
+        return _bf16_usable(cfg)
+    # torch int8's compiled kernels take 40-110 s to build: offered only when named
+    return (backend, dtype) == ("torch", "int8") and settings.dtype == "int8" and cfg.int8_ok
+
+
+def _bf16_usable(cfg: ModelConfig) -> bool:
+    """The model passed its bfloat16 gate and this CPU multiplies bfloat16 in hardware
+    (elsewhere oneDNN emulates it, slower than float32: not worth a probe)."""
+    if not cfg.bf16_ok or cfg.architecture == "hf":
+        return False
+    if not has_native_bf16():
+        log.info("%s: bfloat16 skipped: this CPU has no AVX512-BF16 / AMX-BF16", cfg.name)
+        return False
+    return True
 
 
 def _onnx_int8_usable(cfg: ModelConfig) -> bool:

@@ -23,6 +23,8 @@ from transformers import (
 )
 
 from kernels.classification_head import HeadKernel, head_logits_reference, head_scores
+from serving.model.bf16_cpu import prepare_encoder as prepare_bf16_encoder
+from serving.model.cpu_isa import has_native_bf16
 from serving.model.onnx_runtime import exact_u8s8_gemm
 from serving.model.quantize import load_smoothing, quantize_encoder_int8
 from serving.model.repo_config import ModelConfig, load_model_config
@@ -160,8 +162,19 @@ def resolve_dtype(
                 "also gates 7-bit weights, exact on every CPU"
             )
         return requested
-    if device.type == "cpu" and requested in ("float16", "bfloat16"):
-        raise ValueError(f"dtype {requested} is not supported on CPU; use float32 or int8")
+    if device.type == "cpu" and requested == "float16":
+        raise ValueError("dtype float16 is not supported on CPU; use float32, bfloat16 or int8")
+    if device.type == "cpu" and requested == "bfloat16":
+        if not cfg.bf16_ok:
+            raise ValueError(
+                f"model {cfg.name!r} did not pass the accuracy gate in bfloat16 "
+                "(bf16_ok: false in config.yaml)"
+            )
+        if not torch.backends.mkldnn.is_available():
+            raise ValueError("bfloat16 on CPU needs torch built with oneDNN (mkldnn)")
+        if not has_native_bf16():
+            log.warning("bfloat16 on a CPU without bfloat16 instructions (AVX512-BF16 / "
+                        "AMX-BF16): emulated, expect it slower than float32")  # fmt: skip
     if device.type == "cuda" and requested == "int8":
         raise ValueError("int8 on CUDA arrives with the fast-path kernels; use float16 or bfloat16")
     if requested == "int8" and not cfg.int8_ok:
@@ -270,8 +283,16 @@ def load_model(
             model.encoder, load_smoothing(vdir), int8_compile, cfg.int8_float_layers
         )
     elif chosen != "float32":
-        nn.Module.to(model.encoder, DTYPES[chosen])
+        cast_encoder(model, chosen, dev)
     return _loaded(cfg, model.to(dev), vdir, dev, chosen)
+
+
+def cast_encoder(model: ModerationModel, dtype: str, device: torch.device) -> None:
+    """``model``'s encoder in ``dtype`` (float16 / bfloat16) as served, in place; the head
+    stays float32. bfloat16 on CPU also gets oneDNN's fused GEMMs (``serving.model.bf16_cpu``)."""
+    nn.Module.to(model.encoder, DTYPES[dtype])
+    if device.type == "cpu" and dtype == "bfloat16":
+        prepare_bf16_encoder(model.encoder)
 
 
 def _load_onnx(

@@ -14,27 +14,20 @@ tokenizer, and a spinning ORT thread would take CPU from them while waiting for 
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from serving.model.cpu_isa import has_vnni, is_x86
+
 
 def exact_u8s8_gemm() -> bool:
     """Whether ONNX Runtime's uint8 x int8 GEMM is exact with 8-bit weights on this CPU:
     x86 needs VNNI (``avx512_vnni`` or ``avx_vnni``), else VPMADDUBSW saturates
     (``serving.model.onnx_export.SATURATION``); other architectures have no such step."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return True
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False  # unknown x86: assume the worst
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
-                  if ln.startswith("flags")), [])  # fmt: skip
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    return has_vnni() if is_x86() else True
 
 
 def available() -> bool:

@@ -100,6 +100,11 @@ class ModelConfig(BaseModel):
         "fewest whose int8 error moved scores most, chosen by the export so int8 passes the "
         "gate; each costs a little int8 speed",
     )
+    bf16_ok: bool = Field(
+        False,
+        description="bfloat16 on CPU (torch, oneDNN: serving.model.bf16_cpu) passed the "
+        "accuracy gate for this model; offered on CPUs with AVX512-BF16 or AMX-BF16",
+    )
     onnx_int8_ok: bool = Field(
         False,
         description="the ONNX Runtime int8 graph (backend onnxruntime, dtype int8) passed "

@@ -53,9 +53,9 @@ NOT_FLAGGED = [
 ]
 
 
-@pytest.fixture(scope="module", params=["float32", "int8"])
+@pytest.fixture(scope="module", params=["float32", "int8", "bfloat16"])
 def scorer(request):
-    """The shipped model as served on CPU: fp32, and int8 (it passed its accuracy gate)."""
+    """The shipped model as served on CPU: fp32, int8 and bfloat16 (it passed their gates)."""
     import torch
 
     from serving.model.load import load_model
@@ -99,9 +99,10 @@ def test_hierarchy_and_derived(scorer) -> None:
         assert s["harassment/threatening"] <= s["harassment"] + 1e-6
 
 
-def test_int8_flags_as_fp32_does() -> None:
-    """What the precision gate promises, on the sanity texts: int8 really differs from fp32
-    in its scores, yet every flag decision is the same."""
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+def test_faster_precisions_flag_as_fp32_does(dtype: str) -> None:
+    """What the precision gate promises, on the sanity texts: int8 / bfloat16 really differ
+    from fp32 in their scores, yet every flag decision is the same."""
     import numpy as np
 
     from serving.engine.postprocess import PostProcessor
@@ -111,10 +112,10 @@ def test_int8_flags_as_fp32_does() -> None:
     texts = [t for t, _ in FLAGGED] + NOT_FLAGGED
     fp32_model = load_model(MODEL_DIR, "cpu", "float32")
     fp32 = score_served(fp32_model, texts)
-    int8 = score_served(load_model(MODEL_DIR, "cpu", "int8"), texts)
-    assert float(np.abs(fp32 - int8).max()) > 0.0
+    fast = score_served(load_model(MODEL_DIR, "cpu", dtype), texts)
+    assert float(np.abs(fp32 - fast).max()) > 0.0
     post = PostProcessor(fp32_model.cfg)
-    assert (post.flags(fp32) == post.flags(int8)).all()
+    assert (post.flags(fp32) == post.flags(fast)).all()
 
 
 WEATHER = "The weather report said clouds and light rain over the weekend. "

@@ -141,6 +141,10 @@ def test_train_export_load_score(tmp_path: Path) -> None:
     assert onnx_gate["int8_ok"] or onnx_gate["failures"]  # a failed gate says why
     # gated only where the uint8 x int8 GEMM is exact (a VNNI CPU); elsewhere it says so
     assert bool(onnx_gate["attempts"]) == exact_u8s8_gemm()
+    bf16 = out["bf16_gate"]  # gated on every CPU (emulated where it has no bfloat16)
+    assert cfg.bf16_ok == bf16["bf16_ok"] and (bf16["bf16_ok"] or bf16["failures"])
+    assert 0.0 <= bf16["p999_abs_score_diff"] <= bf16["max_abs_score_diff"] < 0.5
+    assert "bf16_ok: " + str(cfg.bf16_ok).lower() in (model_dir / "README.md").read_text()
     raw = yaml.safe_load((model_dir / "config.yaml").read_text())
     assert raw["max_length_tokens"] == 256 and raw["pooling"] == "mean"
 

@@ -119,3 +119,30 @@ def test_real_timing_measures_tokens(tiny_repo: Path) -> None:
 
     rate = bc.tokens_per_s(load_model(tiny_repo / "tiny", "cpu", "float32"), 0.05)
     assert rate > 0
+
+
+def test_bf16_is_a_candidate_where_gated_and_native(gated_repo: Path, monkeypatch) -> None:
+    cfg = load_model_config(gated_repo)
+    monkeypatch.setattr(bc, "has_native_bf16", lambda: True)  # AVX512-BF16 / AMX-BF16
+    assert ("torch", "bfloat16") not in bc.candidates(gated_repo, _settings())  # no bf16_ok
+    cfg.bf16_ok = True
+    save_model_config(cfg, gated_repo)
+    try:
+        assert bc.candidates(gated_repo, _settings()) == [
+            ("torch", "float32"),
+            ("torch", "bfloat16"),
+            ("onnxruntime", "float32"),
+            ("onnxruntime", "int8"),
+        ]
+        assert bc.candidates(gated_repo, _settings(dtype="bfloat16")) == [("torch", "bfloat16")]
+        monkeypatch.setattr(bc, "has_native_bf16", lambda: False)  # emulated: slower than fp32
+        assert ("torch", "bfloat16") not in bc.candidates(gated_repo, _settings())
+        with pytest.raises(ValueError, match="AVX512-BF16"):
+            bc.candidates(gated_repo, _settings(dtype="bfloat16"))
+        # named in full (backend and dtype), it serves: load_model warns it is emulated
+        assert bc.candidates(gated_repo, _settings(backend="torch", dtype="bfloat16")) == [
+            ("torch", "bfloat16")
+        ]
+    finally:
+        cfg.bf16_ok = False
+        save_model_config(cfg, gated_repo)
