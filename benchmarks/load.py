@@ -38,6 +38,8 @@ ALL_KINDS = (
     "modserve",
     "modserve-torch",
     "modserve-int8",
+    "modserve-bf16",
+    "modserve-ort-int8",
     "modserve-grpc",
     "modserve-ray",
     "naive",

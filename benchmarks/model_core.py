@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> dict:
         loaded = load_for_bench(args.model_dir, device, p)
         hf_cfg = loaded.moderation_model.encoder.config
         max_len = loaded.cfg.max_length_tokens
-        variants.append((f"ours-{p}", p, make_ours(loaded.moderation_model)))
+        variants.append((f"ours-{p}", p, make_ours(loaded.model)))  # what the engine runs
     for p in [x for x in (args.ort_precisions or "").split(",") if x]:
         ort = load_for_bench(args.model_dir, device, p, backend="onnxruntime")
         variants.append((f"ort-{p}", p, make_ours(ort.model)))

@@ -2,7 +2,8 @@
 
 Kinds: ``modserve`` (``python -m serving.cli serve``, defaults: the backend and dtype timed
 fastest at start), ``modserve-torch`` (torch float32 pinned), ``modserve-int8`` (torch
-``MODSERVE_DTYPE=int8``: compiled W8A8 encoder, CPU), ``modserve-ray``
+``MODSERVE_DTYPE=int8``: compiled W8A8 encoder, CPU), ``modserve-bf16`` (torch bfloat16,
+CPU), ``modserve-ort-int8`` (ONNX Runtime int8, CPU), ``modserve-ray``
 (``serving.deployments.build_app`` on a local Ray), ``naive`` (peer a), ``ray-batch``
 (peer b), ``infinity`` (peer c, own virtualenv; ``infinity-onnx``: its optimum engine,
 ONNX Runtime). Every server loads the same model folder.
@@ -29,10 +30,12 @@ MODSERVE_ENV_BY_KIND: dict[str, dict[str, str]] = {
     "modserve": {},
     "modserve-torch": {"MODSERVE_BACKEND": "torch", "MODSERVE_DTYPE": "float32"},
     "modserve-int8": {"MODSERVE_BACKEND": "torch", "MODSERVE_DTYPE": "int8"},
+    "modserve-bf16": {"MODSERVE_BACKEND": "torch", "MODSERVE_DTYPE": "bfloat16"},
+    "modserve-ort-int8": {"MODSERVE_BACKEND": "onnxruntime", "MODSERVE_DTYPE": "int8"},
 }
 KINDS = (
-    "modserve", "modserve-torch", "modserve-int8", "modserve-ray", "naive", "ray-batch",
-    "infinity", "infinity-onnx",
+    "modserve", "modserve-torch", "modserve-int8", "modserve-bf16", "modserve-ort-int8",
+    "modserve-ray", "naive", "ray-batch", "infinity", "infinity-onnx",
 )  # fmt: skip
 READY_TIMEOUT_S = 240.0  # Ray start + model load + warm-up on a busy 2-core machine
 STOP_TIMEOUT_S = 30.0

@@ -48,7 +48,7 @@ from transformers import AutoTokenizer
 from serving.model.load import (
     LoadedModel,
     ModerationModel,
-    cast_encoder,
+    cast_for_serving,
     load_model,
     save_weights,
 )
@@ -330,8 +330,9 @@ def bf16_gate(
     ``serving.model.bf16_cpu``), its p99.9 score-move limit ``training.gate.LIMITS``'
     bfloat16 one; sets ``cfg.bf16_ok``. Runs on any CPU (without AVX512-BF16 / AMX-BF16
     bfloat16 is emulated: slower, the same numbers)."""
-    model = copy.deepcopy(loaded.moderation_model)
-    cast_encoder(model, "bfloat16", torch.device("cpu"))
+    model = cast_for_serving(
+        copy.deepcopy(loaded.moderation_model), "bfloat16", torch.device("cpu")
+    )
     log.info("scoring %d validation rows (bfloat16)", len(texts))
     s16 = served_scores(score_heads(model, loaded.tokenizer, cfg, texts), texts, cfg)
     rep16 = report(cfg, y, m, s16)

@@ -339,7 +339,8 @@ def bf16_section(gate: dict | None) -> str:
         return "bfloat16 on CPU: not gated (exported before the bfloat16 CPU path)."
     return (
         "bfloat16 on CPU (`serving.model.bf16_cpu`: encoder weights and activations in "
-        "bfloat16, oneDNN GEMMs with the bias and GELU fused, float32 accumulation and head; "
+        "bfloat16, oneDNN GEMMs with the bias and GELU fused, float32 accumulation and head, "
+        "traced so the forward runs without the GIL; "
         "what `MODSERVE_DTYPE=bfloat16` serves, offered on CPUs with AVX512-BF16 or AMX-BF16): "
         f"{_gate_summary(gate)} -> **bf16_ok: {str(gate['bf16_ok']).lower()}**"
         f"{_gate_failures(gate)}."

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from kernels.classification_head import HeadKernel, head_logits_reference, head_scores
-from serving.model.bf16_cpu import prepare_encoder as prepare_bf16_encoder
+from serving.model.bf16_cpu import TracedCore, gil_free_core
 from serving.model.cpu_isa import has_native_bf16
 from serving.model.onnx_runtime import exact_u8s8_gemm
 from serving.model.quantize import load_smoothing, quantize_encoder_int8
@@ -130,9 +130,10 @@ class LoadedModel:
     def moderation_model(self) -> ModerationModel:
         """The modserve-architecture model (training, int8 export, core benchmarks need its
         encoder and head); an imported hf model and an ONNX Runtime session have neither."""
-        if not isinstance(self.model, ModerationModel):
+        model = self.model.source if isinstance(self.model, TracedCore) else self.model
+        if not isinstance(model, ModerationModel):
             raise TypeError(f"model {self.name!r} is {type(self.model).__name__}, not modserve's")
-        return self.model
+        return model
 
 
 BACKENDS = ("torch", "onnxruntime")
@@ -282,17 +283,20 @@ def load_model(
         quantize_encoder_int8(
             model.encoder, load_smoothing(vdir), int8_compile, cfg.int8_float_layers
         )
-    elif chosen != "float32":
-        cast_encoder(model, chosen, dev)
-    return _loaded(cfg, model.to(dev), vdir, dev, chosen)
+    core: nn.Module = model.to(dev)
+    if chosen not in ("float32", "int8"):
+        core = cast_for_serving(model, chosen, dev)
+    return _loaded(cfg, core, vdir, dev, chosen)
 
 
-def cast_encoder(model: ModerationModel, dtype: str, device: torch.device) -> None:
-    """``model``'s encoder in ``dtype`` (float16 / bfloat16) as served, in place; the head
-    stays float32. bfloat16 on CPU also gets oneDNN's fused GEMMs (``serving.model.bf16_cpu``)."""
+def cast_for_serving(model: ModerationModel, dtype: str, device: torch.device) -> nn.Module:
+    """``model`` with its encoder in ``dtype`` (float16 / bfloat16; the head stays float32),
+    in place, and the module that serves it: on CPU, bfloat16 runs traced, without the GIL
+    (``serving.model.bf16_cpu``)."""
     nn.Module.to(model.encoder, DTYPES[dtype])
     if device.type == "cpu" and dtype == "bfloat16":
-        prepare_bf16_encoder(model.encoder)
+        return gil_free_core(model)
+    return model
 
 
 def _load_onnx(
