@@ -261,8 +261,9 @@ def ship(
     cfg.int8_ok = gate["int8_ok"]
     cfg.int8_float_layers = gate["float_layers"] if cfg.int8_ok else []
     sensitive = [name for name, _ in plans[gate["smoothing_alpha"]][1]]
-    onnx_gate = onnx_int8_gate(model_dir, cfg, loaded, texts, y, m, s32, rep32, limits, sensitive)
-    bf16 = bf16_gate(cfg, loaded, texts, y, m, s32, rep32)
+    ref = Float32Reference(texts, y, m, s32, rep32)
+    onnx_gate = onnx_int8_gate(model_dir, cfg, loaded, ref, limits, sensitive)
+    bf16 = bf16_gate(cfg, loaded, ref)
     save_model_config(cfg, model_dir)
 
     bleed = cross_category_flag_rate(cfg, val, m, s32)
@@ -317,15 +318,19 @@ def ship(
     return out
 
 
-def bf16_gate(
-    cfg: ModelConfig,
-    loaded: LoadedModel,
-    texts: list[str],
-    y: np.ndarray,
-    m: np.ndarray,
-    s32: np.ndarray,
-    rep32: dict,
-) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Float32Reference:
+    """The validation rows every precision gate scores, and the float32 torch answers
+    (served scores and their report) it compares against."""
+
+    texts: list[str]
+    labels: np.ndarray  # (N, C) 0/1
+    mask: np.ndarray  # (N, C) 1 = known
+    scores: np.ndarray  # (N, C) served float32 scores
+    report: dict  # training.evaluate.report of those scores
+
+
+def bf16_gate(cfg: ModelConfig, loaded: LoadedModel, ref: Float32Reference) -> dict:
     """The same gate for bfloat16 on CPU (what ``MODSERVE_DTYPE=bfloat16`` serves:
     ``serving.model.bf16_cpu``), its p99.9 score-move limit ``training.gate.LIMITS``'
     bfloat16 one; sets ``cfg.bf16_ok``. Runs on any CPU (without AVX512-BF16 / AMX-BF16
@@ -333,10 +338,11 @@ def bf16_gate(
     model = cast_for_serving(
         copy.deepcopy(loaded.moderation_model), "bfloat16", torch.device("cpu")
     )
-    log.info("scoring %d validation rows (bfloat16)", len(texts))
-    s16 = served_scores(score_heads(model, loaded.tokenizer, cfg, texts), texts, cfg)
-    rep16 = report(cfg, y, m, s16)
-    gate = int8_gate(cfg, y, m, s32, s16, rep32, rep16, limits_for("bfloat16"), "bf16_ok")
+    log.info("scoring %d validation rows (bfloat16)", len(ref.texts))
+    s16 = served_scores(score_heads(model, loaded.tokenizer, cfg, ref.texts), ref.texts, cfg)
+    rep16 = report(cfg, ref.labels, ref.mask, s16)
+    gate = int8_gate(cfg, ref.labels, ref.mask, ref.scores, s16, ref.report, rep16,
+                     limits_for("bfloat16"), "bf16_ok")  # fmt: skip
     cfg.bf16_ok = bool(gate["bf16_ok"])
     return gate
 
@@ -348,11 +354,7 @@ def onnx_int8_gate(
     model_dir: Path,
     cfg: ModelConfig,
     loaded: LoadedModel,
-    texts: list[str],
-    y: np.ndarray,
-    m: np.ndarray,
-    s32: np.ndarray,
-    rep32: dict,
+    ref: Float32Reference,
     limits: GateLimits,
     ranked: list[str],
 ) -> dict:
@@ -381,9 +383,10 @@ def onnx_int8_gate(
         path = cached_onnx(lambda: loaded.model, vdir, "int8", smoothing, keep, Path(tmp), bits)
         session = OnnxRuntimeModel(path, torch.get_num_threads())
         log.info("scoring %d validation rows (ONNX Runtime int8, %d-bit weights, %d Linears "
-                 "float32)", len(texts), bits, len(keep))  # fmt: skip
+                 "float32)", len(ref.texts), bits, len(keep))  # fmt: skip
+        texts, y, m = ref.texts, ref.labels, ref.mask
         s8 = served_scores(score_heads(session, loaded.tokenizer, cfg, texts), texts, cfg)
-        gate = int8_gate(cfg, y, m, s32, s8, rep32, report(cfg, y, m, s8), limits)
+        gate = int8_gate(cfg, y, m, ref.scores, s8, ref.report, report(cfg, y, m, s8), limits)
         gate.update(float_layers=keep, weight_bits=bits)
         attempts.append({k: gate[k] for k in ("float_layers", "weight_bits",
                          "row_flag_agreement", "p999_abs_score_diff", "failures")})  # fmt: skip

@@ -26,7 +26,7 @@ from serving.model.quantize import int8_sensitivity, load_smoothing
 from serving.model.repo_config import save_model_config
 from training import data as D
 from training.evaluate import report, score_heads, served_scores
-from training.export import bf16_gate, onnx_int8_gate, smoothing_texts
+from training.export import Float32Reference, bf16_gate, onnx_int8_gate, smoothing_texts
 from training.gate import limits_for
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     texts, y, m = D.stack(val)
     log.info("scoring %d validation rows (torch float32)", len(texts))
     s32 = served_scores(score_heads(loaded.model, loaded.tokenizer, cfg, texts), texts, cfg)
-    rep32 = report(cfg, y, m, s32)
+    ref = Float32Reference(texts, y, m, s32, report(cfg, y, m, s32))
     results: dict[str, dict] = {}
     if "onnxruntime-int8" in args.gates:
         calib = smoothing_texts(train)
@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         ]
         results["onnx_int8_gate"] = onnx_int8_gate(
-            args.model_dir, cfg, loaded, texts, y, m, s32, rep32, limits_for("int8"), ranked
+            args.model_dir, cfg, loaded, ref, limits_for("int8"), ranked
         )
     if "bfloat16" in args.gates:
-        results["bf16_gate"] = bf16_gate(cfg, loaded, texts, y, m, s32, rep32)
+        results["bf16_gate"] = bf16_gate(cfg, loaded, ref)
     save_model_config(cfg, args.model_dir)
     ev = args.model_dir / "eval_validation.json"
     if ev.is_file():
