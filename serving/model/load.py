@@ -171,8 +171,6 @@ def resolve_dtype(
                 f"model {cfg.name!r} did not pass the accuracy gate in bfloat16 "
                 "(bf16_ok: false in config.yaml)"
             )
-        if not torch.backends.mkldnn.is_available():
-            raise ValueError("bfloat16 on CPU needs torch built with oneDNN (mkldnn)")
         if not has_native_bf16():
             log.warning("bfloat16 on a CPU without bfloat16 instructions (AVX512-BF16 / "
                         "AMX-BF16): emulated, expect it slower than float32")  # fmt: skip
